@@ -1,0 +1,354 @@
+"""The skiffyd IPC wire contract.
+
+This package is the whole contract between the daemon and its UIs, and it
+imports nothing from ``skiffyd``: a UI in any language is written against the
+JSON Schema that :func:`export_json_schema` produces (``python -m ipc_schema``).
+
+Theory of operation
+-------------------
+Two nng sockets live in the daemon's runtime directory:
+
+* ``cmd.sock`` — Rep0. A UI sends one :data:`Request` (msgpack) and gets one
+  :class:`Reply`: either ``result`` (a :data:`Result`) or ``error`` (an
+  :class:`ErrorInfo` with a stable ``SKIFFY_{MODULE}_{ERROR}`` code).
+* ``events.sock`` — Pub0. The daemon publishes :class:`EventBatch` frames.
+  Every change-log event carries ``seq``, a global, gap-free, strictly
+  increasing number from the cache's change log. A UI that sees a gap, that
+  reconnects, or that sees a new ``instance_id`` asks
+  :class:`ChangesSince` and gets exactly what it missed, from the cache.
+  nng pub/sub drops frames for slow subscribers, so this catch-up is part of
+  the protocol, not an optimisation.
+* :class:`SessionStateChanged` is ephemeral (not in the change log): its
+  ``seq`` is the last change-log seq at the time it was published, so it never
+  opens or closes a gap.
+
+Evolution: new fields get defaults, tags never change, and
+:data:`PROTOCOL_VERSION` is raised only for incompatible changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+
+#: Largest request frame the daemon accepts, in bytes. Matrix events are
+#: capped at 65,536 bytes, so a command never needs more than this.
+MAX_REQUEST_BYTES = 256 * 1024
+
+SessionState = Literal["logged_out", "connecting", "syncing", "ready", "offline"]
+MessageStatus = Literal["pending", "sent", "failed"]
+
+
+class ErrorCode:
+    """Stable error codes. A UI may branch on these; they never change meaning."""
+
+    IPC_MALFORMED = "SKIFFY_IPC_MALFORMED"
+    IPC_UNKNOWN_COMMAND = "SKIFFY_IPC_UNKNOWN_COMMAND"
+    IPC_INVALID_ARGUMENT = "SKIFFY_IPC_INVALID_ARGUMENT"
+    IPC_TOO_LARGE = "SKIFFY_IPC_TOO_LARGE"
+    IPC_VERSION_MISMATCH = "SKIFFY_IPC_VERSION_MISMATCH"
+    IPC_DAEMON_NOT_RUNNING = "SKIFFY_IPC_DAEMON_NOT_RUNNING"
+    IPC_TIMEOUT = "SKIFFY_IPC_TIMEOUT"
+    DAEMON_ALREADY_RUNNING = "SKIFFY_DAEMON_ALREADY_RUNNING"
+    DAEMON_SHUTTING_DOWN = "SKIFFY_DAEMON_SHUTTING_DOWN"
+    DAEMON_INTERNAL = "SKIFFY_DAEMON_INTERNAL"
+    SESSION_NOT_LOGGED_IN = "SKIFFY_SESSION_NOT_LOGGED_IN"
+    SESSION_ALREADY_LOGGED_IN = "SKIFFY_SESSION_ALREADY_LOGGED_IN"
+    SESSION_LOGIN_FAILED = "SKIFFY_SESSION_LOGIN_FAILED"
+    MATRIX_INSECURE_HOMESERVER = "SKIFFY_MATRIX_INSECURE_HOMESERVER"
+    MATRIX_UNREACHABLE = "SKIFFY_MATRIX_UNREACHABLE"
+    MATRIX_BAD_RESPONSE = "SKIFFY_MATRIX_BAD_RESPONSE"
+    MATRIX_REQUEST_FAILED = "SKIFFY_MATRIX_REQUEST_FAILED"
+    CACHE_WRONG_KEY = "SKIFFY_CACHE_WRONG_KEY"
+    CACHE_CORRUPT = "SKIFFY_CACHE_CORRUPT"
+    CACHE_UNKNOWN_ROOM = "SKIFFY_CACHE_UNKNOWN_ROOM"
+    CREDENTIALS_NO_KEYRING = "SKIFFY_CREDENTIALS_NO_KEYRING"
+    CREDENTIALS_KEYRING_FAILED = "SKIFFY_CREDENTIALS_KEYRING_FAILED"
+    CREDENTIALS_MISSING = "SKIFFY_CREDENTIALS_MISSING"
+    OUTBOX_EMPTY_BODY = "SKIFFY_OUTBOX_EMPTY_BODY"
+    OUTBOX_TOO_LARGE = "SKIFFY_OUTBOX_TOO_LARGE"
+    CONFIG_INVALID = "SKIFFY_CONFIG_INVALID"
+
+
+# --------------------------------------------------------------------------
+# Shared records
+
+
+class RoomInfo(msgspec.Struct, kw_only=True):
+    room_id: str
+    name: str
+    topic: str | None = None
+    is_encrypted: bool = False
+    member_count: int = 0
+    unread_count: int = 0
+    membership: Literal["join", "invite", "leave"] = "join"
+
+
+class MessageInfo(msgspec.Struct, kw_only=True):
+    event_id: str | None
+    room_id: str
+    sender: str
+    body: str
+    ts: int
+    status: MessageStatus
+    txn_id: str | None = None
+    msgtype: str = "m.text"
+
+
+# --------------------------------------------------------------------------
+# Requests (commands), tagged by "cmd"
+
+
+class Hello(msgspec.Struct, tag_field="cmd", tag="hello", kw_only=True):
+    protocol_version: int = PROTOCOL_VERSION
+
+
+class Status(msgspec.Struct, tag_field="cmd", tag="status", kw_only=True):
+    pass
+
+
+class Login(msgspec.Struct, tag_field="cmd", tag="login", kw_only=True):
+    homeserver: str
+    user: str
+    password: str
+
+    def __repr__(self) -> str:  # never print a password
+        return f"Login(homeserver={self.homeserver!r}, user={self.user!r}, password=<redacted>)"
+
+
+class Logout(msgspec.Struct, tag_field="cmd", tag="logout", kw_only=True):
+    pass
+
+
+class Rooms(msgspec.Struct, tag_field="cmd", tag="rooms", kw_only=True):
+    pass
+
+
+class Messages(msgspec.Struct, tag_field="cmd", tag="messages", kw_only=True):
+    room_id: str
+    limit: int = 50
+
+
+class Send(msgspec.Struct, tag_field="cmd", tag="send", kw_only=True):
+    room_id: str
+    body: str
+
+
+class Join(msgspec.Struct, tag_field="cmd", tag="join", kw_only=True):
+    room: str  # a room id (!…) or an alias (#…)
+
+
+class ChangesSince(msgspec.Struct, tag_field="cmd", tag="changes_since", kw_only=True):
+    seq: int
+    limit: int = 1000
+
+
+Request = Hello | Status | Login | Logout | Rooms | Messages | Send | Join | ChangesSince
+COMMAND_NAMES: frozenset[str] = frozenset(
+    t.__struct_config__.tag  # type: ignore[misc]
+    for t in (Hello, Status, Login, Logout, Rooms, Messages, Send, Join, ChangesSince)
+)
+
+
+# --------------------------------------------------------------------------
+# Results, tagged by "type"
+
+
+class HelloResult(msgspec.Struct, tag_field="type", tag="hello", kw_only=True):
+    protocol_version: int
+    instance_id: str
+    last_seq: int
+
+
+class StatusResult(msgspec.Struct, tag_field="type", tag="status", kw_only=True):
+    state: SessionState
+    user_id: str | None = None
+    homeserver: str | None = None
+    device_id: str | None = None
+    last_seq: int = 0
+    instance_id: str = ""
+    pid: int = 0
+    pending_outbox: int = 0
+    last_error: str | None = None
+    #: Syncs this process started without a stored token (a full initial
+    #: sync). 0 after a restart proves the daemon resumed from its token.
+    full_syncs: int = 0
+    #: Completed /sync round trips in this process.
+    syncs: int = 0
+
+
+class LoginResult(msgspec.Struct, tag_field="type", tag="login", kw_only=True):
+    user_id: str
+    device_id: str
+    homeserver: str
+
+
+class OkResult(msgspec.Struct, tag_field="type", tag="ok", kw_only=True):
+    pass
+
+
+class RoomsResult(msgspec.Struct, tag_field="type", tag="rooms", kw_only=True):
+    rooms: list[RoomInfo]
+
+
+class MessagesResult(msgspec.Struct, tag_field="type", tag="messages", kw_only=True):
+    messages: list[MessageInfo]
+
+
+class SendResult(msgspec.Struct, tag_field="type", tag="send", kw_only=True):
+    txn_id: str
+
+
+class JoinResult(msgspec.Struct, tag_field="type", tag="join", kw_only=True):
+    room_id: str
+
+
+# --------------------------------------------------------------------------
+# Events, tagged by "type". Every change-log event carries its ``seq``.
+
+
+class RoomUpdated(msgspec.Struct, tag_field="type", tag="room_updated", kw_only=True):
+    seq: int
+    room: RoomInfo
+
+
+class MessageAdded(msgspec.Struct, tag_field="type", tag="message_added", kw_only=True):
+    seq: int
+    message: MessageInfo
+
+
+class MessageUpdated(msgspec.Struct, tag_field="type", tag="message_updated", kw_only=True):
+    """A message changed: a pending echo was sent, reconciled, or failed."""
+
+    seq: int
+    message: MessageInfo
+
+
+class SessionStateChanged(
+    msgspec.Struct, tag_field="type", tag="session_state", kw_only=True
+):
+    """Ephemeral: not in the change log; ``seq`` is the last log seq when sent."""
+
+    seq: int
+    state: SessionState
+    user_id: str | None = None
+
+
+Event = RoomUpdated | MessageAdded | MessageUpdated | SessionStateChanged
+#: Events that are stored in the change log (and so returned by ChangesSince).
+LoggedEvent = RoomUpdated | MessageAdded | MessageUpdated
+
+
+class ChangesResult(msgspec.Struct, tag_field="type", tag="changes", kw_only=True):
+    """The change-log events with ``seq`` > the asked seq, oldest first.
+
+    ``reset`` is true when the asked seq is older than what the log retains
+    (or is ahead of it: another daemon instance): the UI must reload its
+    state (rooms, messages) and continue from ``last_seq``. ``more`` is true
+    when ``limit`` cut the answer short: ask again from the last seq seen.
+    """
+
+    events: list[LoggedEvent]
+    last_seq: int
+    reset: bool = False
+    more: bool = False
+
+
+Result = (
+    HelloResult
+    | StatusResult
+    | LoginResult
+    | OkResult
+    | RoomsResult
+    | MessagesResult
+    | SendResult
+    | JoinResult
+    | ChangesResult
+)
+
+
+class ErrorInfo(msgspec.Struct, kw_only=True):
+    code: str
+    message: str
+    details: dict[str, Any] | None = None
+
+
+class Reply(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The one reply envelope: exactly one of ``result`` and ``error`` is set."""
+
+    result: Result | None = None
+    error: ErrorInfo | None = None
+
+
+class EventBatch(msgspec.Struct, kw_only=True):
+    """One Pub0 frame. ``instance_id`` changes each time the daemon starts."""
+
+    instance_id: str
+    events: list[Event]
+
+
+def export_json_schema() -> dict[str, Any]:
+    """The JSON Schema of every frame on both sockets."""
+    _, components = msgspec.json.schema_components(
+        [Request, Reply, EventBatch], ref_template="#/$defs/{name}"
+    )
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "skiffyd IPC",
+        "x-protocol-version": PROTOCOL_VERSION,
+        "x-sockets": {
+            "cmd.sock": {"pattern": "rep0", "request": "#/$defs/Request", "reply": "#/$defs/Reply"},
+            "events.sock": {"pattern": "pub0", "frame": "#/$defs/EventBatch"},
+        },
+        "x-error-codes": sorted(
+            v for k, v in vars(ErrorCode).items() if not k.startswith("_")
+        ),
+        "$defs": {
+            **components,
+            "Request": {"anyOf": [{"$ref": f"#/$defs/{t.__name__}"} for t in Request.__args__]},  # type: ignore[attr-defined]
+        },
+    }
+
+
+__all__ = [
+    "COMMAND_NAMES",
+    "MAX_REQUEST_BYTES",
+    "PROTOCOL_VERSION",
+    "ChangesResult",
+    "ChangesSince",
+    "ErrorCode",
+    "ErrorInfo",
+    "Event",
+    "EventBatch",
+    "Hello",
+    "HelloResult",
+    "Join",
+    "JoinResult",
+    "LoggedEvent",
+    "Login",
+    "LoginResult",
+    "Logout",
+    "MessageAdded",
+    "MessageInfo",
+    "MessageUpdated",
+    "Messages",
+    "MessagesResult",
+    "OkResult",
+    "Reply",
+    "Request",
+    "Result",
+    "RoomInfo",
+    "RoomUpdated",
+    "Rooms",
+    "RoomsResult",
+    "Send",
+    "SendResult",
+    "SessionState",
+    "SessionStateChanged",
+    "Status",
+    "StatusResult",
+    "export_json_schema",
+]
