@@ -28,7 +28,7 @@ Evolution: new fields get defaults, tags never change, and
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import msgspec
 
@@ -148,7 +148,7 @@ class ChangesSince(msgspec.Struct, tag_field="cmd", tag="changes_since", kw_only
 
 Request = Hello | Status | Login | Logout | Rooms | Messages | Send | Join | ChangesSince
 COMMAND_NAMES: frozenset[str] = frozenset(
-    t.__struct_config__.tag  # type: ignore[misc]
+    str(t.__struct_config__.tag)
     for t in (Hello, Status, Login, Logout, Rooms, Messages, Send, Join, ChangesSince)
 )
 
@@ -227,9 +227,7 @@ class MessageUpdated(msgspec.Struct, tag_field="type", tag="message_updated", kw
     message: MessageInfo
 
 
-class SessionStateChanged(
-    msgspec.Struct, tag_field="type", tag="session_state", kw_only=True
-):
+class SessionStateChanged(msgspec.Struct, tag_field="type", tag="session_state", kw_only=True):
     """Ephemeral: not in the change log; ``seq`` is the last log seq when sent."""
 
     seq: int
@@ -303,12 +301,10 @@ def export_json_schema() -> dict[str, Any]:
             "cmd.sock": {"pattern": "rep0", "request": "#/$defs/Request", "reply": "#/$defs/Reply"},
             "events.sock": {"pattern": "pub0", "frame": "#/$defs/EventBatch"},
         },
-        "x-error-codes": sorted(
-            v for k, v in vars(ErrorCode).items() if not k.startswith("_")
-        ),
+        "x-error-codes": sorted(v for k, v in vars(ErrorCode).items() if not k.startswith("_")),
         "$defs": {
             **components,
-            "Request": {"anyOf": [{"$ref": f"#/$defs/{t.__name__}"} for t in Request.__args__]},  # type: ignore[attr-defined]
+            "Request": {"anyOf": [{"$ref": f"#/$defs/{t.__name__}"} for t in get_args(Request)]},
         },
     }
 

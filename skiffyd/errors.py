@@ -111,7 +111,8 @@ class RequestFailedError(MatrixError):
         soft_logout: bool = False,
     ) -> None:
         super().__init__(
-            message, details={"status": status, "errcode": errcode, "retry_after_ms": retry_after_ms}
+            message,
+            details={"status": status, "errcode": errcode, "retry_after_ms": retry_after_ms},
         )
         self.status = status
         self.errcode = errcode

@@ -1,0 +1,234 @@
+"""The ``skiffyd`` command line: the one place where errors become words for people.
+
+Every verb but ``run`` is a thin client of the running daemon over IPC.
+Output: human text by default, ``--json`` for scripts (a public contract:
+fields are only ever added). Exit status 0 on success, 1 on any error with
+one line on stderr: ``skiffyd: <what went wrong> [<CODE>]``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+
+import msgspec
+import typer
+
+import ipc_schema as wire
+from skiffyd.config import Paths
+from skiffyd.errors import SkiffyError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="skiffyd: a headless Matrix client daemon, and its command line.",
+)
+
+R = TypeVar("R", bound=wire.Result)
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _fail(message: str, code: str | None = None) -> NoReturn:
+    line = f"skiffyd: {message}" + (f" [{code}]" if code else "")
+    print(line.replace("\n", " "), file=sys.stderr)
+    raise typer.Exit(1)
+
+
+def _request(req: wire.Request, expect: type[R], *, timeout: float = 30.0) -> R:
+    from skiffyd.ipc.client import DaemonClient
+
+    try:
+        with DaemonClient(Paths.from_env(), timeout=timeout) as client:
+            result = client.request(req)
+    except SkiffyError as exc:
+        _fail(exc.message, exc.code)
+    if not isinstance(result, expect):
+        _fail(f"unexpected answer from the daemon: {type(result).__name__}")
+    return result
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
+
+
+def _fmt_ts(ms: int) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M")
+
+
+@app.command()
+def run() -> None:
+    """Run the daemon in the foreground (what systemd or launchd starts)."""
+    import trio
+
+    from skiffyd import logs
+    from skiffyd.daemon import serve
+
+    logs.configure()
+    try:
+        trio.run(serve)
+    except SkiffyError as exc:
+        _fail(exc.message, exc.code)
+    except BaseExceptionGroup as group:
+        errors = [e for e in _leaves(group) if isinstance(e, SkiffyError)]
+        if errors:
+            _fail(errors[0].message, errors[0].code)
+        raise
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
+    return [exc]
+
+
+@app.command()
+def login(
+    homeserver: Annotated[str, typer.Option(help="The homeserver URL, e.g. https://matrix.org")],
+    user: Annotated[str, typer.Option(help="The Matrix user id (@name:server) or name")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+) -> None:
+    """Ask the running daemon to log in. The password goes only to the homeserver."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif not sys.stdin.isatty():
+        _fail("no password: pass --password-stdin and write it to standard input")
+    else:
+        password = typer.prompt("Password", hide_input=True)
+    if not password:
+        _fail("the password is empty")
+    result = _request(
+        wire.Login(homeserver=homeserver, user=user, password=password),
+        wire.LoginResult,
+        timeout=120.0,
+    )
+    print(f"logged in as {result.user_id} (device {result.device_id})")
+
+
+@app.command()
+def logout() -> None:
+    """Log out: ends the session on the server and deletes local credentials and cache."""
+    _request(wire.Logout(), wire.OkResult, timeout=60.0)
+    print("logged out")
+
+
+@app.command()
+def status(as_json: JsonOpt = False) -> None:
+    """The daemon's state, account and sync progress."""
+    result = _request(wire.Status(), wire.StatusResult)
+    if as_json:
+        data = msgspec.to_builtins(result)
+        data.pop("type", None)
+        _print_json(data)
+        return
+    print(f"state:     {result.state}")
+    if result.user_id:
+        print(f"account:   {result.user_id} on {result.homeserver} (device {result.device_id})")
+    print(f"outbox:    {result.pending_outbox} pending")
+    if result.last_error:
+        print(f"problem:   {result.last_error}")
+
+
+@app.command()
+def rooms(as_json: JsonOpt = False) -> None:
+    """The rooms the account is in or invited to, from the cache."""
+    result = _request(wire.Rooms(), wire.RoomsResult)
+    if as_json:
+        _print_json(result.rooms)
+        return
+    for room in result.rooms:
+        flags = ("🔒 " if room.is_encrypted else "") + (
+            "(invited) " if room.membership == "invite" else ""
+        )
+        unread = f" [{room.unread_count} unread]" if room.unread_count else ""
+        print(f"{room.room_id}  {flags}{room.name} · {room.member_count} members{unread}")
+
+
+@app.command()
+def join(room: Annotated[str, typer.Argument(help="A room id (!…) or alias (#…)")]) -> None:
+    """Join a room, or accept an invite to it."""
+    result = _request(wire.Join(room=room), wire.JoinResult, timeout=60.0)
+    print(result.room_id)
+
+
+@app.command()
+def messages(
+    room: Annotated[str, typer.Argument(help="The room id")],
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many, newest last")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """A room's latest messages from the cache, oldest first."""
+    result = _request(wire.Messages(room_id=room, limit=limit), wire.MessagesResult)
+    if as_json:
+        _print_json(result.messages)
+        return
+    for m in result.messages:
+        mark = "" if m.status == "sent" else f" ({m.status})"
+        print(f"{_fmt_ts(m.ts)} {m.sender}: {m.body}{mark}")
+
+
+@app.command()
+def send(
+    room: Annotated[str, typer.Argument(help="The room id")],
+    text: Annotated[str, typer.Argument(help="The message")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Queue a message; prints its transaction id at once. The outbox delivers it."""
+    result = _request(wire.Send(room_id=room, body=text), wire.SendResult)
+    if as_json:
+        _print_json({"txn_id": result.txn_id})
+    else:
+        print(result.txn_id)
+
+
+def _describe(event: wire.Event) -> str:
+    match event:
+        case wire.MessageAdded(message=m) | wire.MessageUpdated(message=m):
+            verb = "message" if isinstance(event, wire.MessageAdded) else "updated"
+            return f"#{event.seq} {verb} {m.room_id} {m.sender}: {m.body} ({m.status})"
+        case wire.RoomUpdated(room=r):
+            return f"#{event.seq} room {r.room_id} {r.name} ({r.membership})"
+        case wire.SessionStateChanged():
+            return f"-- session {event.state}"
+
+
+@app.command()
+def tail(
+    as_json: JsonOpt = False,
+    since: Annotated[
+        int | None, typer.Option(help="Replay the changes after this seq first.")
+    ] = None,
+) -> None:
+    """Follow published events (one JSON object per line with --json), gap-free."""
+    from skiffyd.ipc.client import EventSubscriber
+
+    render: Callable[[wire.Event], str] = (
+        (lambda e: msgspec.json.encode(e).decode()) if as_json else _describe
+    )
+    try:
+        with EventSubscriber(Paths.from_env()) as subscriber:
+            for event in subscriber.iter_events(since_seq=since):
+                sys.stdout.write(render(event) + "\n")
+                sys.stdout.flush()
+    except SkiffyError as exc:
+        _fail(exc.message, exc.code)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+    except BrokenPipeError:
+        raise typer.Exit(0) from None
+
+
+@app.command("schema")
+def schema() -> None:
+    """Print the IPC protocol's JSON Schema."""
+    print(json.dumps(wire.export_json_schema(), indent=2, sort_keys=True))
+
+
+def main() -> None:
+    app()

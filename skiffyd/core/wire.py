@@ -1,0 +1,124 @@
+"""Typed msgspec Structs for the parts of the Matrix client-server API skiffyd reads.
+
+The hot path (``/sync``) is decoded straight into these Structs: unknown
+fields are ignored, optional fields have defaults, so a server that sends
+more than we know is fine, and one that sends the wrong type for a field we
+use fails validation with the path of the bad field (a ``BadResponseError``
+at the transport boundary). Event ``content`` stays a plain dict: its shape
+depends on the event type and is interpreted by :mod:`skiffyd.core.sync`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class UnsignedData(msgspec.Struct, kw_only=True):
+    transaction_id: str | None = None
+    age: int | None = None
+
+
+class ClientEvent(msgspec.Struct, kw_only=True):
+    """A timeline or state event as /sync delivers it (room_id implied)."""
+
+    type: str
+    content: dict[str, Any] = msgspec.field(default_factory=dict)
+    sender: str = ""
+    event_id: str | None = None
+    origin_server_ts: int = 0
+    state_key: str | None = None
+    unsigned: UnsignedData | None = None
+
+
+class StrippedStateEvent(msgspec.Struct, kw_only=True):
+    type: str
+    state_key: str = ""
+    sender: str = ""
+    content: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class EventList(msgspec.Struct, kw_only=True):
+    events: list[ClientEvent] = msgspec.field(default_factory=list)
+
+
+class Timeline(msgspec.Struct, kw_only=True):
+    events: list[ClientEvent] = msgspec.field(default_factory=list)
+    limited: bool = False
+    prev_batch: str | None = None
+
+
+class RoomSummary(msgspec.Struct, kw_only=True):
+    heroes: list[str] | None = msgspec.field(default=None, name="m.heroes")
+    joined_member_count: int | None = msgspec.field(default=None, name="m.joined_member_count")
+    invited_member_count: int | None = msgspec.field(default=None, name="m.invited_member_count")
+
+
+class UnreadNotifications(msgspec.Struct, kw_only=True):
+    notification_count: int | None = None
+    highlight_count: int | None = None
+
+
+class JoinedRoom(msgspec.Struct, kw_only=True):
+    state: EventList = msgspec.field(default_factory=EventList)
+    timeline: Timeline = msgspec.field(default_factory=Timeline)
+    summary: RoomSummary = msgspec.field(default_factory=RoomSummary)
+    unread_notifications: UnreadNotifications = msgspec.field(default_factory=UnreadNotifications)
+
+
+class InviteState(msgspec.Struct, kw_only=True):
+    events: list[StrippedStateEvent] = msgspec.field(default_factory=list)
+
+
+class InvitedRoom(msgspec.Struct, kw_only=True):
+    invite_state: InviteState = msgspec.field(default_factory=InviteState)
+
+
+class LeftRoom(msgspec.Struct, kw_only=True):
+    state: EventList = msgspec.field(default_factory=EventList)
+    timeline: Timeline = msgspec.field(default_factory=Timeline)
+
+
+class Rooms(msgspec.Struct, kw_only=True):
+    join: dict[str, JoinedRoom] = msgspec.field(default_factory=dict)
+    invite: dict[str, InvitedRoom] = msgspec.field(default_factory=dict)
+    leave: dict[str, LeftRoom] = msgspec.field(default_factory=dict)
+
+
+class SyncResponse(msgspec.Struct, kw_only=True):
+    next_batch: str
+    rooms: Rooms = msgspec.field(default_factory=Rooms)
+
+
+class LoginResponse(msgspec.Struct, kw_only=True):
+    user_id: str
+    access_token: str
+    device_id: str
+    refresh_token: str | None = None
+    expires_in_ms: int | None = None
+
+    def __repr__(self) -> str:
+        return f"LoginResponse(user_id={self.user_id!r}, device_id={self.device_id!r})"
+
+
+class MatrixErrorBody(msgspec.Struct, kw_only=True):
+    errcode: str | None = None
+    error: str | None = None
+    retry_after_ms: int | None = None
+    soft_logout: bool = False
+
+
+class SendResponse(msgspec.Struct, kw_only=True):
+    event_id: str
+
+
+class JoinResponse(msgspec.Struct, kw_only=True):
+    room_id: str
+
+
+sync_decoder = msgspec.json.Decoder(SyncResponse)
+login_decoder = msgspec.json.Decoder(LoginResponse)
+error_decoder = msgspec.json.Decoder(MatrixErrorBody)
+send_decoder = msgspec.json.Decoder(SendResponse)
+join_decoder = msgspec.json.Decoder(JoinResponse)

@@ -1,0 +1,434 @@
+"""The daemon: one root nursery, the IPC server, and the account's services.
+
+Theory of operation
+-------------------
+``skiffyd run`` takes an exclusive lock in the runtime dir (a second daemon
+for the same user fails with ``SKIFFY_DAEMON_ALREADY_RUNNING``), checks that
+a keyring backend exists, starts the IPC server, resumes the stored account
+if there is one, tells the service manager it is ready, and waits for
+SIGTERM/SIGINT.
+
+The account lives in an :class:`AccountSession`: its credentials, its
+transport, its cache and its two services (sync, outbox), run in a nursery
+that is a child of the root nursery, so logout can cancel exactly that
+scope. The cache is only ever touched through :meth:`Daemon.db`, one worker
+thread at a time (``CapacityLimiter(1)``): apsw is blocking.
+
+Reads never wait on the network: they are answered from the cache whatever
+the sync state. Writes go to the outbox first.
+
+Shutdown: new commands are refused, the services are cancelled (the cache
+commits whole transactions only, so cancellation never leaves half a sync),
+the cache is closed, and the lock released.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import signal
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import structlog
+import trio
+
+import ipc_schema as wire
+from skiffyd import credentials
+from skiffyd.cache import Cache
+from skiffyd.config import Paths
+from skiffyd.core.homeserver import normalize_homeserver
+from skiffyd.core.identifiers import check_room_id, check_room_id_or_alias
+from skiffyd.credentials import Credentials
+from skiffyd.errors import (
+    DaemonAlreadyRunningError,
+    MatrixError,
+    NotLoggedInError,
+    OutboxError,
+    SkiffyError,
+)
+from skiffyd.ipc.server import IpcServer
+from skiffyd.matrix import session as matrix_session
+from skiffyd.matrix.crypto import Crypto
+from skiffyd.matrix.outbox import OutboxService
+from skiffyd.matrix.sync import SessionExpiredError, SyncService
+from skiffyd.matrix.transport import Transport
+from skiffyd.notify import notify
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from pathlib import Path
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+#: The spec's limit on a whole event; the body is most of it.
+MAX_EVENT_BYTES = 65_536
+_EVENT_OVERHEAD = 1_024
+
+
+def acquire_lock(paths: Paths) -> int:
+    paths.ensure_private_dir(paths.runtime_dir)
+    fd = os.open(paths.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DaemonAlreadyRunningError(
+            f"another skiffyd is already running for this user (lock {paths.lock_file})"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+class AccountSession:
+    """Everything that exists only while an account is logged in."""
+
+    def __init__(self, creds: Credentials, cache: Cache, transport: Transport) -> None:
+        self.creds = creds
+        self.cache = cache
+        self.transport = transport
+        self.crypto: Crypto | None = None
+        self.sync: SyncService | None = None
+        self.outbox: OutboxService | None = None
+        self.cancel_scope = trio.CancelScope()
+
+
+class Daemon:
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+        self.instance_id = uuid.uuid4().hex
+        self.state: wire.SessionState = "logged_out"
+        self.last_error: str | None = None
+        self.session: AccountSession | None = None
+        self._limiter = trio.CapacityLimiter(1)
+        self._session_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+        self.server = IpcServer(paths, self.handle, instance_id=self.instance_id)
+
+    # ------------------------------------------------------------ plumbing
+
+    async def db(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking cache call on the one cache thread."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    def publish(self, events: Sequence[wire.Event]) -> None:
+        if events:
+            self.server.publish(events)
+
+    def set_state(self, state: wire.SessionState, error: str | None = None) -> None:
+        if state == self.state and error == self.last_error:
+            return
+        self.state = state
+        self.last_error = error
+        log.info("session.state", state=state, error=error)
+        notify(f"STATUS={state}")
+        seq = self.session.cache.last_seq if self.session else 0
+        user_id = self.session.creds.user_id if self.session else None
+        self.publish([wire.SessionStateChanged(seq=seq, state=state, user_id=user_id)])
+
+    def _require_session(self) -> AccountSession:
+        if self.session is None:
+            raise NotLoggedInError("not logged in: run `skiffyd login` first")
+        return self.session
+
+    # ---------------------------------------------------------------- run
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        lock_fd = acquire_lock(self.paths)
+        try:
+            await trio.to_thread.run_sync(credentials.check_backend)
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    await nursery.start(self.server.run)
+                    await self._resume()
+                    notify("READY=1", f"STATUS={self.state}", f"MAINPID={os.getpid()}")
+                    log.info("daemon.ready", pid=os.getpid(), state=self.state)
+                    task_status.started()
+                    async for signum in signals:
+                        log.info("daemon.stopping", signal=signal.Signals(signum).name)
+                        break
+                    notify("STOPPING=1")
+                    self.server.stop_accepting()
+                    await self._stop_session()
+                    nursery.cancel_scope.cancel()
+        finally:
+            os.close(lock_fd)
+            log.info("daemon.stopped")
+
+    async def _resume(self) -> None:
+        pointer = self.paths.account_pointer
+        try:
+            user_id = pointer.read_text().strip()
+        except FileNotFoundError:
+            return
+        if not user_id:
+            return
+        creds = await trio.to_thread.run_sync(credentials.load, user_id)
+        if creds is None:
+            log.warning("daemon.no_credentials_for_account")
+            self.last_error = "the keyring has no credentials for the stored account: log in again"
+            return
+        try:
+            await self._start_session(creds)
+        except SkiffyError as exc:
+            # Stay up: status must be able to say what is wrong.
+            log.error("daemon.resume_failed", code=exc.code)
+            self.last_error = exc.message
+
+    async def _start_session(self, creds: Credentials) -> None:
+        assert self._nursery is not None
+        account_dir = self.paths.account_dir(creds.user_id)
+        self.paths.ensure_private_dir(account_dir)
+        cache = await self.db(Cache.open, account_dir / "cache.db", creds.cache_key, creds.user_id)
+        transport = Transport(creds.homeserver, access_token=creds.access_token)
+        session = AccountSession(creds, cache, transport)
+        try:
+            session.crypto = await trio.to_thread.run_sync(
+                lambda: Crypto.load(
+                    account_dir / "crypto",
+                    user_id=creds.user_id,
+                    device_id=creds.device_id,
+                    access_token=creds.access_token,
+                    pickle_key=creds.pickle_key,
+                )
+            )
+        except BaseException:
+            await self.db(cache.close)
+            await transport.aclose()
+            raise
+        self.session = session
+        session.outbox = OutboxService(
+            transport=transport, cache=cache, db=self.db, publish=self.publish
+        )
+        session.sync = SyncService(
+            transport=transport,
+            cache=cache,
+            db=self.db,
+            publish=self.publish,
+            set_state=self.set_state,
+            on_synced=session.outbox.wake,
+            own_user_id=creds.user_id,
+        )
+        self.set_state("connecting")
+        await self._nursery.start(self._run_session, session)
+
+    async def _run_session(
+        self,
+        session: AccountSession,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        assert session.sync is not None
+        assert session.outbox is not None
+        try:
+            with session.cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(session.outbox.run)
+                    await nursery.start(session.sync.run)
+                    task_status.started()
+                    if session.crypto is not None:
+                        nursery.start_soon(self._upload_keys, session)
+        except SessionExpiredError as exc:
+            log.warning("session.expired")
+            if self.session is session:
+                await self._close_session(session)
+                self.set_state("logged_out", exc.message)
+
+    async def _upload_keys(self, session: AccountSession) -> None:
+        assert session.crypto is not None
+        while session.crypto.should_upload_keys:
+            try:
+                await session.crypto.upload_keys(session.transport)
+                log.info("crypto.keys_uploaded")
+            except MatrixError as exc:
+                log.info("crypto.keys_upload_failed", code=exc.code)
+                await trio.sleep(30)
+
+    async def _close_session(self, session: AccountSession) -> None:
+        session.cancel_scope.cancel()
+        if self.session is session:
+            self.session = None
+        with trio.CancelScope(shield=True):
+            await self.db(session.cache.close)
+            if session.crypto is not None:
+                await trio.to_thread.run_sync(session.crypto.close)
+            await session.transport.aclose()
+
+    async def _stop_session(self) -> None:
+        if self.session is not None:
+            await self._close_session(self.session)
+
+    # ----------------------------------------------------------- commands
+
+    async def handle(self, request: wire.Request) -> wire.Result:
+        match request:
+            case wire.Hello():
+                if request.protocol_version != wire.PROTOCOL_VERSION:
+                    raise SkiffyError(
+                        f"protocol version {request.protocol_version} is not supported "
+                        f"(this daemon speaks {wire.PROTOCOL_VERSION})",
+                        code=wire.ErrorCode.IPC_VERSION_MISMATCH,
+                    )
+                return wire.HelloResult(
+                    protocol_version=wire.PROTOCOL_VERSION,
+                    instance_id=self.instance_id,
+                    last_seq=self.session.cache.last_seq if self.session else 0,
+                )
+            case wire.Status():
+                return self._status()
+            case wire.Login():
+                return await self._login(request)
+            case wire.Logout():
+                await self._logout()
+                return wire.OkResult()
+            case wire.Rooms():
+                s = self._require_session()
+                return wire.RoomsResult(rooms=await self.db(s.cache.rooms))
+            case wire.Messages():
+                s = self._require_session()
+                check_room_id(request.room_id)
+                limit = max(1, min(request.limit, 1000))
+                return wire.MessagesResult(
+                    messages=await self.db(s.cache.messages, request.room_id, limit)
+                )
+            case wire.Send():
+                return await self._send(request)
+            case wire.Join():
+                return await self._join(request)
+            case wire.ChangesSince():
+                if self.session is None:
+                    return wire.ChangesResult(events=[], last_seq=0, reset=request.seq > 0)
+                limit = max(1, min(request.limit, 10_000))
+                return await self.db(self.session.cache.changes_since, request.seq, limit)
+        raise SkiffyError("unknown command", code=wire.ErrorCode.IPC_UNKNOWN_COMMAND)
+
+    def _status(self) -> wire.StatusResult:
+        s = self.session
+        return wire.StatusResult(
+            state=self.state,
+            user_id=s.creds.user_id if s else None,
+            homeserver=s.creds.homeserver if s else None,
+            device_id=s.creds.device_id if s else None,
+            last_seq=s.cache.last_seq if s else 0,
+            instance_id=self.instance_id,
+            pid=os.getpid(),
+            pending_outbox=s.cache.outbox_count() if s else 0,
+            last_error=self.last_error,
+            full_syncs=s.sync.full_syncs if s and s.sync else 0,
+            syncs=s.sync.syncs if s and s.sync else 0,
+        )
+
+    async def _login(self, request: wire.Login) -> wire.LoginResult:
+        async with self._session_lock:
+            if self.session is not None:
+                raise SkiffyError(
+                    f"already logged in as {self.session.creds.user_id}: log out first",
+                    code=wire.ErrorCode.SESSION_ALREADY_LOGGED_IN,
+                )
+            homeserver = normalize_homeserver(request.homeserver)
+            previous_state = self.state
+            self.set_state("connecting")
+            transport = Transport(homeserver)
+            try:
+                response = await matrix_session.password_login(
+                    transport, request.user, request.password
+                )
+            except BaseException:
+                self.set_state(previous_state)
+                raise
+            finally:
+                await transport.aclose()
+            creds = Credentials(
+                homeserver=homeserver,
+                user_id=response.user_id,
+                device_id=response.device_id,
+                access_token=response.access_token,
+                refresh_token=response.refresh_token,
+                cache_key=Credentials.new_cache_key(),
+                pickle_key=Credentials.new_pickle_key(),
+            )
+            # A new device starts with a new cache: a leftover one for this
+            # account is encrypted with a key that is gone.
+            account_dir = self.paths.account_dir(creds.user_id)
+            if account_dir.exists():
+                await trio.to_thread.run_sync(shutil.rmtree, account_dir)
+            await trio.to_thread.run_sync(credentials.save, creds)
+            await trio.to_thread.run_sync(self._write_pointer, creds.user_id)
+            await self._start_session(creds)
+            log.info("session.logged_in", device_id=creds.device_id)
+            return wire.LoginResult(
+                user_id=creds.user_id, device_id=creds.device_id, homeserver=homeserver
+            )
+
+    def _write_pointer(self, user_id: str | None) -> None:
+        self.paths.ensure_private_dir(self.paths.state_dir)
+        pointer = self.paths.account_pointer
+        if user_id is None:
+            pointer.unlink(missing_ok=True)
+            return
+        tmp = pointer.with_suffix(".tmp")
+        tmp.write_text(user_id + "\n")
+        os.replace(tmp, pointer)
+
+    async def _logout(self) -> None:
+        async with self._session_lock:
+            session = self._require_session()
+            creds = session.creds
+            try:
+                await matrix_session.logout(session.transport)
+            except MatrixError as exc:
+                # The server may be unreachable or the token already gone; the
+                # local state is removed either way, and the user is told.
+                log.warning("session.server_logout_failed", code=exc.code)
+            await self._close_session(session)
+            await trio.to_thread.run_sync(credentials.delete, creds.user_id)
+            await trio.to_thread.run_sync(self._write_pointer, None)
+            account_dir: Path = self.paths.account_dir(creds.user_id)
+            await trio.to_thread.run_sync(lambda: shutil.rmtree(account_dir, ignore_errors=True))
+            self.set_state("logged_out")
+            log.info("session.logged_out")
+
+    async def _send(self, request: wire.Send) -> wire.SendResult:
+        s = self._require_session()
+        check_room_id(request.room_id)
+        if not request.body.strip():
+            raise OutboxError("the message is empty", code=wire.ErrorCode.OUTBOX_EMPTY_BODY)
+        size = len(request.body.encode())
+        if size + _EVENT_OVERHEAD > MAX_EVENT_BYTES:
+            raise OutboxError(
+                f"the message is too large ({size} bytes; an event is at most {MAX_EVENT_BYTES})",
+                code=wire.ErrorCode.OUTBOX_TOO_LARGE,
+                details={"bytes": size, "limit": MAX_EVENT_BYTES - _EVENT_OVERHEAD},
+            )
+        txn_id = f"skf{uuid.uuid4().hex}"
+        events = await self.db(
+            lambda: s.cache.enqueue_message(
+                room_id=request.room_id,
+                body=request.body,
+                msgtype="m.text",
+                txn_id=txn_id,
+                ts=int(time.time() * 1000),
+            )
+        )
+        self.publish(events)
+        if s.outbox is not None:
+            s.outbox.wake()
+        return wire.SendResult(txn_id=txn_id)
+
+    async def _join(self, request: wire.Join) -> wire.JoinResult:
+        s = self._require_session()
+        check_room_id_or_alias(request.room)
+        room_id = await matrix_session.join(s.transport, request.room)
+        self.publish(await self.db(s.cache.note_joined, room_id))
+        return wire.JoinResult(room_id=room_id)
+
+
+async def serve(paths: Paths | None = None) -> None:
+    daemon = Daemon(paths or Paths.from_env())
+    await daemon.run()

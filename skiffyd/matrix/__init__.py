@@ -1,0 +1,1 @@
+"""The homeserver side: transport, session, sync and outbox services, crypto."""
