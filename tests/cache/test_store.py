@@ -1,0 +1,177 @@
+"""The encrypted cache, on a real SQLite3MC file."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import apsw
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ipc_schema import MessageAdded, MessageUpdated, RoomUpdated
+from skiffyd.cache import Cache
+from skiffyd.cache.migrations import MIGRATIONS
+from skiffyd.core.sync import NewMessage, RoomPatch, SyncPlan
+from skiffyd.errors import CacheError, CacheWrongKeyError, UnknownRoomError
+
+ME = "@me:x"
+ROOM = "!room:x"
+
+
+@pytest.fixture
+def key() -> str:
+    return secrets.token_hex(32)
+
+
+@pytest.fixture
+def cache(tmp_path: Path, key: str) -> Cache:
+    c = Cache.open(tmp_path / "cache.db", key, ME)
+    yield c  # type: ignore[misc]
+    c.close()
+
+
+def _msg(event_id: str, body: str, sender: str = "@a:x", txn_id: str | None = None) -> NewMessage:
+    return NewMessage(
+        room_id=ROOM, event_id=event_id, sender=sender, body=body, ts=1, msgtype="m.text", txn_id=txn_id
+    )
+
+
+def _plan(token: str, *messages: NewMessage, name: str | None = None) -> SyncPlan:
+    changes: dict[str, object] = {"membership": "join", "joined_count": 2}
+    if name is not None:
+        changes["name"] = name
+    return SyncPlan(next_batch=token, rooms=[RoomPatch(ROOM, changes)], messages=list(messages))
+
+
+def test_sync_applies_rows_token_and_log(cache: Cache) -> None:
+    events = cache.apply_sync(_plan("s1", _msg("$1", "one"), _msg("$2", "two"), name="Lounge"))
+    assert [type(e) for e in events] == [RoomUpdated, MessageAdded, MessageAdded]
+    assert [e.seq for e in events] == [1, 2, 3]
+    assert cache.next_batch() == "s1"
+    [room] = cache.rooms()
+    assert (room.name, room.member_count) == ("Lounge", 2)
+    assert [m.body for m in cache.messages(ROOM, 10)] == ["one", "two"]
+    # The same events again (a retried sync) change nothing and log nothing.
+    assert cache.apply_sync(_plan("s2", _msg("$1", "one"), name="Lounge")) == []
+    assert cache.next_batch() == "s2"
+
+
+def test_a_failed_apply_leaves_nothing_behind(cache: Cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache.apply_sync(_plan("s1", _msg("$1", "one")))
+    original = cache._apply_message
+    calls = 0
+
+    def explode(events: list[object], msg: NewMessage) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise apsw.IOError("disk went away")
+        original(events, msg)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cache, "_apply_message", explode)
+    with pytest.raises(apsw.IOError):
+        cache.apply_sync(_plan("s2", _msg("$2", "two"), _msg("$3", "three")))
+    monkeypatch.undo()
+    assert cache.next_batch() == "s1"
+    assert [m.event_id for m in cache.messages(ROOM, 10)] == ["$1"]
+    # The seq counter rolled back too: the next change continues the log.
+    [event] = cache.apply_sync(_plan("s3", _msg("$4", "four")))
+    assert event.seq == cache.last_seq == 3
+
+
+def test_local_echo_reconciled_from_sync_or_send(cache: Cache) -> None:
+    cache.apply_sync(_plan("s1"))
+    [added] = cache.enqueue_message(room_id=ROOM, body="hi", msgtype="m.text", txn_id="t1", ts=5)
+    assert isinstance(added, MessageAdded)
+    assert added.message.status == "pending" and added.message.event_id is None
+    assert cache.outbox_count() == 1
+    # Sync brings our event back before the PUT answered.
+    [updated] = cache.apply_sync(_plan("s2", _msg("$e", "hi", sender=ME, txn_id="t1")))
+    assert isinstance(updated, MessageUpdated)
+    assert (updated.message.event_id, updated.message.status) == ("$e", "sent")
+    assert cache.outbox_count() == 0
+    # The PUT's answer arrives after: nothing changes, nothing duplicated.
+    assert cache.mark_sent("t1", "$e") == []
+    assert [(m.event_id, m.status) for m in cache.messages(ROOM, 10)] == [("$e", "sent")]
+
+
+def test_mark_sent_then_sync_echo(cache: Cache) -> None:
+    cache.apply_sync(_plan("s1"))
+    cache.enqueue_message(room_id=ROOM, body="hi", msgtype="m.text", txn_id="t1", ts=5)
+    [updated] = cache.mark_sent("t1", "$e")
+    assert updated.message.status == "sent"
+    assert cache.apply_sync(_plan("s2", _msg("$e", "hi", sender=ME, txn_id="t1"))) == []
+    assert len(cache.messages(ROOM, 10)) == 1
+
+
+def test_outbox_failure_and_unknown_room(cache: Cache) -> None:
+    with pytest.raises(UnknownRoomError):
+        cache.enqueue_message(room_id="!nope:x", body="hi", msgtype="m.text", txn_id="t0", ts=1)
+    cache.apply_sync(_plan("s1"))
+    cache.enqueue_message(room_id=ROOM, body="a", msgtype="m.text", txn_id="t1", ts=1)
+    cache.enqueue_message(room_id=ROOM, body="b", msgtype="m.text", txn_id="t2", ts=2)
+    assert [i.txn_id for i in cache.outbox_items()] == ["t1", "t2"]
+    [failed] = cache.mark_failed("t1", "403 M_FORBIDDEN")
+    assert failed.message.status == "failed"
+    assert [(i.txn_id, i.state) for i in cache.outbox_items()] == [("t1", "failed"), ("t2", "queued")]
+
+
+def test_changes_since(cache: Cache) -> None:
+    cache.apply_sync(_plan("s1", *[_msg(f"${i}", f"m{i}") for i in range(5)]))
+    assert cache.last_seq == 6
+    page = cache.changes_since(2, limit=2)
+    assert [e.seq for e in page.events] == [3, 4]
+    assert page.more and not page.reset
+    rest = cache.changes_since(4, limit=100)
+    assert [e.seq for e in rest.events] == [5, 6]
+    assert not rest.more
+    assert cache.changes_since(6, 10).events == []
+    assert cache.changes_since(99, 10).reset  # a seq from another instance
+
+
+def test_wrong_key_is_a_clear_error(tmp_path: Path, key: str) -> None:
+    Cache.open(tmp_path / "c.db", key, ME).close()
+    with pytest.raises(CacheWrongKeyError) as info:
+        Cache.open(tmp_path / "c.db", secrets.token_hex(32), ME)
+    assert info.value.code == "SKIFFY_CACHE_WRONG_KEY"
+    with pytest.raises(CacheError):
+        Cache.open(tmp_path / "c.db", "not-hex", ME)
+
+
+def test_file_holds_no_plaintext_and_is_private(tmp_path: Path, key: str) -> None:
+    marker = "plaintext-marker-" + secrets.token_hex(8)
+    c = Cache.open(tmp_path / "c.db", key, ME)
+    c.apply_sync(_plan("s1", _msg("$1", marker), name="Secret room " + marker))
+    c.enqueue_message(room_id=ROOM, body=marker + "-out", msgtype="m.text", txn_id="t", ts=1)
+    c.close()
+    for f in tmp_path.iterdir():
+        assert marker.encode() not in f.read_bytes(), f.name
+    assert (tmp_path / "c.db").stat().st_mode & 0o777 == 0o600
+
+
+def test_migrations_run_once_and_reopen_keeps_data(tmp_path: Path, key: str) -> None:
+    c = Cache.open(tmp_path / "c.db", key, ME)
+    c.apply_sync(_plan("s1", _msg("$1", "one")))
+    c.close()
+    c = Cache.open(tmp_path / "c.db", key, ME)
+    assert c._scalar("PRAGMA user_version") == len(MIGRATIONS)
+    assert c.next_batch() == "s1"
+    assert c.last_seq == 2
+    c.close()
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 30), max_size=6), max_size=8))
+def test_change_log_never_skips_or_repeats(tmp_path_factory: pytest.TempPathFactory, batches: list[list[int]]) -> None:
+    path = tmp_path_factory.mktemp("log") / "c.db"
+    c = Cache.open(path, secrets.token_hex(32), ME)
+    seen: list[int] = []
+    for n, ids in enumerate(batches):
+        events = c.apply_sync(_plan(f"s{n}", *[_msg(f"${i}", f"m{i}") for i in ids]))
+        seen.extend(e.seq for e in events)
+    assert seen == list(range(1, len(seen) + 1))
+    replay = c.changes_since(0, 10_000)
+    assert [e.seq for e in replay.events] == seen
+    c.close()
