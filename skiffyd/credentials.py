@@ -21,6 +21,8 @@ import msgspec
 
 from skiffyd.errors import CredentialsError, NoKeyringError
 
+__all__ = ["SERVICE", "Credentials", "CredentialsError", "NoKeyringError", "delete", "load", "save"]
+
 SERVICE = "skiffy"
 
 NO_KEYRING_HELP = (

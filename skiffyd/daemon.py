@@ -281,7 +281,7 @@ class Daemon:
                     last_seq=self.session.cache.last_seq if self.session else 0,
                 )
             case wire.Status():
-                return self._status()
+                return await self._status()
             case wire.Login():
                 return await self._login(request)
             case wire.Logout():
@@ -308,8 +308,9 @@ class Daemon:
                 return await self.db(self.session.cache.changes_since, request.seq, limit)
         raise SkiffyError("unknown command", code=wire.ErrorCode.IPC_UNKNOWN_COMMAND)
 
-    def _status(self) -> wire.StatusResult:
+    async def _status(self) -> wire.StatusResult:
         s = self.session
+        pending = await self.db(s.cache.outbox_count) if s else 0
         return wire.StatusResult(
             state=self.state,
             user_id=s.creds.user_id if s else None,
@@ -318,7 +319,7 @@ class Daemon:
             last_seq=s.cache.last_seq if s else 0,
             instance_id=self.instance_id,
             pid=os.getpid(),
-            pending_outbox=s.cache.outbox_count() if s else 0,
+            pending_outbox=pending,
             last_error=self.last_error,
             full_syncs=s.sync.full_syncs if s and s.sync else 0,
             syncs=s.sync.syncs if s and s.sync else 0,

@@ -1,0 +1,5 @@
+"""``python -m skiffyd`` is the ``skiffyd`` command."""
+
+from skiffyd.cli import main
+
+main()
