@@ -139,6 +139,8 @@ class Daemon:
     # ---------------------------------------------------------------- run
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # Everything the daemon creates (cache, crypto store, pointer) is private.
+        os.umask(0o077)
         lock_fd = acquire_lock(self.paths)
         try:
             await trio.to_thread.run_sync(credentials.check_backend)
@@ -169,12 +171,14 @@ class Daemon:
             return
         if not user_id:
             return
-        creds = await trio.to_thread.run_sync(credentials.load, user_id)
-        if creds is None:
-            log.warning("daemon.no_credentials_for_account")
-            self.last_error = "the keyring has no credentials for the stored account: log in again"
-            return
         try:
+            creds = await trio.to_thread.run_sync(credentials.load, user_id)
+            if creds is None:
+                log.warning("daemon.no_credentials_for_account")
+                self.last_error = (
+                    "the keyring has no credentials for the stored account: log in again"
+                )
+                return
             await self._start_session(creds)
         except SkiffyError as exc:
             # Stay up: status must be able to say what is wrong.
@@ -406,6 +410,14 @@ class Daemon:
                 f"the message is too large ({size} bytes; an event is at most {MAX_EVENT_BYTES})",
                 code=wire.ErrorCode.OUTBOX_TOO_LARGE,
                 details={"bytes": size, "limit": MAX_EVENT_BYTES - _EVENT_OVERHEAD},
+            )
+        if await self.db(s.cache.room_is_encrypted, request.room_id):
+            # Until end-to-end encryption lands, never send plaintext into an
+            # encrypted room.
+            raise OutboxError(
+                "this room is end-to-end encrypted, and skiffyd cannot encrypt yet",
+                code=wire.ErrorCode.OUTBOX_ROOM_ENCRYPTED,
+                details={"room_id": request.room_id},
             )
         txn_id = f"skf{uuid.uuid4().hex}"
         events = await self.db(

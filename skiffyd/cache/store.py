@@ -300,6 +300,9 @@ class Cache:
     def has_room(self, room_id: str) -> bool:
         return self._scalar("SELECT 1 FROM rooms WHERE room_id = ?", (room_id,)) is not None
 
+    def room_is_encrypted(self, room_id: str) -> bool:
+        return bool(self._scalar("SELECT is_encrypted FROM rooms WHERE room_id = ?", (room_id,)))
+
     def room_membership(self, room_id: str) -> str | None:
         value = self._scalar("SELECT membership FROM rooms WHERE room_id = ?", (room_id,))
         return value if isinstance(value, str) else None

@@ -3,7 +3,8 @@
 Every verb but ``run`` is a thin client of the running daemon over IPC.
 Output: human text by default, ``--json`` for scripts (a public contract:
 fields are only ever added). Exit status 0 on success, 1 on any error with
-one line on stderr: ``skiffyd: <what went wrong> [<CODE>]``.
+one line on stderr: ``skiffyd: <what went wrong> [<CODE>]``; ``skiffyd run``
+exits 78 (EX_CONFIG) when a restart cannot help (no keyring, already running).
 """
 
 from __future__ import annotations
@@ -33,10 +34,23 @@ R = TypeVar("R", bound=wire.Result)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
-def _fail(message: str, code: str | None = None) -> NoReturn:
+#: Exit status of ``skiffyd run`` when it cannot start for a reason a restart
+#: will not fix (no keyring, already running, bad config): sysexits' EX_CONFIG,
+#: which the systemd unit lists in RestartPreventExitStatus.
+EXIT_CONFIG = 78
+_CONFIG_CODES = frozenset(
+    {
+        wire.ErrorCode.CREDENTIALS_NO_KEYRING,
+        wire.ErrorCode.DAEMON_ALREADY_RUNNING,
+        wire.ErrorCode.CONFIG_INVALID,
+    }
+)
+
+
+def _fail(message: str, code: str | None = None, *, status: int = 1) -> NoReturn:
     line = f"skiffyd: {message}" + (f" [{code}]" if code else "")
     print(line.replace("\n", " "), file=sys.stderr)
-    raise typer.Exit(1)
+    raise typer.Exit(status)
 
 
 def _request(req: wire.Request, expect: type[R], *, timeout: float = 30.0) -> R:
@@ -72,11 +86,12 @@ def run() -> None:
     try:
         trio.run(serve)
     except SkiffyError as exc:
-        _fail(exc.message, exc.code)
+        _fail(exc.message, exc.code, status=EXIT_CONFIG if exc.code in _CONFIG_CODES else 1)
     except BaseExceptionGroup as group:
         errors = [e for e in _leaves(group) if isinstance(e, SkiffyError)]
         if errors:
-            _fail(errors[0].message, errors[0].code)
+            code = errors[0].code
+            _fail(errors[0].message, code, status=EXIT_CONFIG if code in _CONFIG_CODES else 1)
         raise
 
 

@@ -14,8 +14,8 @@ permanently is held (nothing behind it is sent out of order) until the user
 retries or cancels it.
 
 :func:`on_failure` classifies an error: transient (network, timeouts, bad
-gateway answers, 5xx, 429) → retry after a backoff delay that honours
-``retry_after_ms``; anything else (403, 413, unknown room, …) → permanent.
+gateway answers, 5xx, 429) and 401 (a session matter, not the message's) →
+retry after a backoff delay that honours ``retry_after_ms``; anything else (403, 413, unknown room, …) → permanent.
 """
 
 from __future__ import annotations
@@ -66,7 +66,9 @@ def heads(items: Iterable[OutboxItem]) -> list[OutboxItem]:
 
 
 def on_failure(error: MatrixError, backoff: Backoff, unit_random: float) -> Retry | GiveUp:
-    if error.transient:
+    # 401 is about the session, not the message: the sync loop ends or renews
+    # the session; the item waits for it.
+    if error.transient or (isinstance(error, RequestFailedError) and error.status == 401):
         floor = 0.0
         if isinstance(error, RequestFailedError) and error.retry_after_ms:
             floor = error.retry_after_ms / 1000

@@ -33,7 +33,14 @@ class Crypto:
     ) -> Crypto:
         """Blocking (SQLite): run on a worker thread."""
         store_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        config = nio.ClientConfig(store=SqliteStore, pickle_key=pickle_key, encryption_enabled=True)
+        config = nio.ClientConfig(
+            store=SqliteStore,
+            pickle_key=pickle_key,
+            encryption_enabled=True,
+            # nio's default file name is "<user_id>_<device_id>.db": it would
+            # name the account beside the hashed folder.
+            store_name="crypto.db",
+        )
         client = nio.Client(user_id, device_id, store_path=str(store_dir), config=config)
         client.restore_login(user_id, device_id, access_token)
         if client.olm is None:

@@ -81,3 +81,8 @@ def test_failure_classification() -> None:
     assert isinstance(on_failure(RequestFailedError("5xx", status=502, errcode=None), b, 0.0), Retry)
     forbidden = RequestFailedError("no", status=403, errcode="M_FORBIDDEN")
     assert on_failure(forbidden, b, 0.0) == GiveUp("403 M_FORBIDDEN")
+
+
+def test_unauthorized_waits_for_the_session_instead_of_failing_the_message() -> None:
+    expired = RequestFailedError("expired", status=401, errcode="M_UNKNOWN_TOKEN")
+    assert isinstance(on_failure(expired, Backoff(), 0.0), Retry)

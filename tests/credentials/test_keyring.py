@@ -125,7 +125,7 @@ def test_daemon_refuses_to_start_without_a_keyring(tmp_path: pytest.TempPathFact
         timeout=60,
         check=False,
     )
-    assert result.returncode != 0
+    assert result.returncode == 78  # EX_CONFIG: a restart cannot help
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("skiffyd: ")
     assert "[SKIFFY_CREDENTIALS_NO_KEYRING]" in last
