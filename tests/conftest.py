@@ -46,6 +46,14 @@ if TYPE_CHECKING:
 
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 _unique = count(1)
+#: Start-up times of the session's real programs, shown in the summary.
+_TIMINGS: dict[str, float] = {}
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _TIMINGS:
+        times = ", ".join(f"{name} ready in {secs:.2f} s" for name, secs in _TIMINGS.items())
+        terminalreporter.write_line(f"harness: {times}")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -75,8 +83,7 @@ def short_tmp(prefix: str) -> Path:
 @pytest.fixture(scope="session")
 def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synapse]:
     hs = Synapse(tmp_path_factory.mktemp("synapse"))
-    seconds = hs.start()
-    print(f"\nSynapse {hs.base_url} ready in {seconds:.2f} s")
+    _TIMINGS["Synapse"] = hs.start()
     yield hs
     hs.stop()
 
@@ -84,6 +91,7 @@ def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synapse]:
 @pytest.fixture(scope="session")
 def secret_service() -> Iterator[SecretService]:
     with SecretService() as ss:
+        _TIMINGS["Secret Service"] = ss.start_seconds or 0.0
         yield ss
 
 
@@ -135,6 +143,9 @@ def make_instance(
     yield make
     for inst in instances:
         inst.terminate()
+    # The session's keyring is shared: leave it as this test found it.
+    if instances:
+        secret_service.delete_items({"service": "skiffy"})
     if _failed(request):
         for inst in instances:
             print(f"\n--- daemon log {inst.log_path} (last lines)\n{inst.log_tail(60)}")
@@ -174,3 +185,12 @@ def ready(
     account = make_user("skiffy")
     daemon.login_ready(synapse.base_url, account.user_id, account.password)
     return Ready(daemon=daemon, account=account, synapse=synapse, peer=make_peer())
+
+
+@pytest.fixture
+def own_synapse(tmp_path: Path) -> Iterator[Synapse]:
+    """A Synapse for this test alone: for tests that stop and restart it."""
+    hs = Synapse(tmp_path / "synapse")
+    hs.start()
+    yield hs
+    hs.stop()

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    # A crash prints a plain traceback: never a rich one with local variables,
+    # which could hold a password or a token.
+    pretty_exceptions_enable=False,
+    pretty_exceptions_show_locals=False,
     help="skiffyd: a headless Matrix client daemon, and its command line.",
 )
 

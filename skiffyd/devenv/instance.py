@@ -205,6 +205,17 @@ class SkiffyInstance:
         self.proc = None
         return code
 
+    def stop_with(self, sig: signal.Signals, timeout: float = 15.0) -> int | None:
+        """Send ``sig`` by PID and wait for the exit; its status (None: still running)."""
+        if self.proc is None:
+            return None
+        with suppress(ProcessLookupError):
+            os.kill(self.proc.pid, sig)
+        code = wait_exit(self.proc, timeout)
+        if code is not None:
+            self.proc = None
+        return code
+
     def restart(self, timeout: float | None = None) -> dict[str, Any]:
         self.terminate()
         return self.start(timeout)

@@ -186,6 +186,21 @@ class SecretService:
                 )
             time.sleep(0.02)
 
+    def delete_items(self, attributes: dict[str, str]) -> int:
+        """Delete every item whose attributes include ``attributes``; how many.
+
+        ``{"service": "skiffy"}`` removes what skiffyd (through ``keyring``)
+        stored, so that a shared service is left as it was found.
+        """
+        import secretstorage
+        from jeepney.io.blocking import open_dbus_connection
+
+        with open_dbus_connection(bus=self.bus_address) as conn:
+            items = list(secretstorage.search_items(conn, attributes))
+            for item in items:
+                item.delete()
+        return len(items)
+
     def stop(self) -> None:
         """Stop gnome-keyring, then dbus-daemon, each by its PID."""
         if self._keyring is not None:

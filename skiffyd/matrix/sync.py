@@ -77,8 +77,9 @@ class SyncService:
         self.full_syncs = 0
         self.syncs = 0
 
-    async def fetch(self, since: str | None) -> SyncResponse:
-        params = {"filter": SYNC_FILTER, "timeout": str(LONG_POLL_MS if since else 0)}
+    async def fetch(self, since: str | None, *, wait: bool = True) -> SyncResponse:
+        """One /sync. ``wait`` long-polls; without it the server answers at once."""
+        params = {"filter": SYNC_FILTER, "timeout": str(LONG_POLL_MS if since and wait else 0)}
         if since:
             params["since"] = since
         data = await self._transport.request(
@@ -99,9 +100,12 @@ class SyncService:
         backoff = Backoff()
         rng = random.Random()
         self._set_state("connecting" if since else "syncing", None)
+        # The first sync after a start answers at once (timeout 0), so a quiet
+        # account is "ready" in one round trip, not after a long-poll.
+        caught_up = False
         while True:
             try:
-                response = await self.fetch(since)
+                response = await self.fetch(since, wait=caught_up)
             except MatrixError as exc:
                 if isinstance(exc, RequestFailedError) and exc.status == 401:
                     log.warning("sync.unauthorized", errcode=exc.errcode)
@@ -116,6 +120,7 @@ class SyncService:
                 delay = backoff.next_delay(rng.random(), at_least=floor)
                 log.info("sync.failed", code=exc.code, retry_in_s=round(delay, 2))
                 self._set_state("offline", exc.code)
+                caught_up = False  # back online: report it in one round trip
                 await trio.sleep(delay)
                 continue
             plan = plan_sync(response, self._own_user_id)
@@ -124,6 +129,7 @@ class SyncService:
                 self.full_syncs += 1
                 log.info("sync.initial_done", rooms=len(plan.rooms), events=plan.event_count)
             since = response.next_batch
+            caught_up = True
             self.syncs += 1
             backoff.reset()
             self._set_state("ready", None)
