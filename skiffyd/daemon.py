@@ -207,6 +207,10 @@ class Daemon:
             await transport.aclose()
             raise
         self.session = session
+        # Each session has its own change log, whose seq starts again at 1: a
+        # new instance id tells every UI to catch up (and so to reload).
+        self.instance_id = uuid.uuid4().hex
+        self.server.instance_id = self.instance_id
         session.outbox = OutboxService(
             transport=transport, cache=cache, db=self.db, publish=self.publish
         )

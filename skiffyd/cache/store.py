@@ -408,9 +408,7 @@ class Cache:
                 "UPDATE outbox SET state = 'failed', last_error = ? WHERE txn_id = ?",
                 (reason, txn_id),
             )
-            row = self._one(
-                "SELECT ord FROM messages WHERE txn_id = ?", (txn_id,)
-            )
+            row = self._one("SELECT ord FROM messages WHERE txn_id = ?", (txn_id,))
             if row is not None:
                 self._conn.execute("UPDATE messages SET status = 'failed' WHERE ord = ?", row)
                 self._log(events, MessageUpdated(seq=0, message=self._message_by_ord(row[0])))

@@ -4,7 +4,8 @@ The server and the client library both go through here, so the rules for
 what a frame means live in one place and are tested without nng:
 
 * :func:`decode_request` turns one request frame into a :data:`Request` or
-  into the :class:`ErrorInfo` the daemon answers with. It never raises, and
+  into the :class:`ErrorInfo` the daemon answers with. It never raises (a
+  property test feeds it arbitrary and mutated frames), and
   its error messages never repeat a value from the frame (a value may be a
   password or a message body): they name the field and the expected type,
   nothing else.
@@ -18,8 +19,7 @@ expensive to build.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -34,6 +34,9 @@ from ipc_schema import (
     Request,
     Result,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 class _Envelope(msgspec.Struct):
@@ -85,14 +88,16 @@ def decode_request(data: bytes) -> Request | ErrorInfo:
         request: Request = _request_decoder.decode(data)
     except msgspec.ValidationError as exc:
         validation_error = exc
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        # msgspec raises UnicodeDecodeError, not DecodeError, for a str that
+        # is not UTF-8.
         return ErrorInfo(code=ErrorCode.IPC_MALFORMED, message="request is not valid msgpack")
     else:
         return request
 
     try:
         envelope = _envelope_decoder.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return ErrorInfo(
             code=ErrorCode.IPC_MALFORMED,
             message="request is not a msgpack map with string keys",
@@ -137,7 +142,10 @@ def result_reply(result: Result) -> bytes:
 
 def decode_reply(data: bytes) -> Reply:
     """Raises msgspec.DecodeError (a ValidationError too) on a frame that is no Reply."""
-    reply: Reply = _reply_decoder.decode(data)
+    try:
+        reply: Reply = _reply_decoder.decode(data)
+    except UnicodeDecodeError as exc:
+        raise msgspec.DecodeError("reply holds a string that is not UTF-8") from exc
     return reply
 
 
@@ -147,5 +155,8 @@ def encode_events(instance_id: str, events: Sequence[Event]) -> bytes:
 
 def decode_events(data: bytes) -> EventBatch:
     """Raises msgspec.DecodeError on a frame that is no EventBatch."""
-    batch: EventBatch = _events_decoder.decode(data)
+    try:
+        batch: EventBatch = _events_decoder.decode(data)
+    except UnicodeDecodeError as exc:
+        raise msgspec.DecodeError("event frame holds a string that is not UTF-8") from exc
     return batch

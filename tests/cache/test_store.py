@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import apsw
 import pytest
@@ -15,6 +15,9 @@ from skiffyd.cache import Cache
 from skiffyd.cache.migrations import MIGRATIONS
 from skiffyd.core.sync import NewMessage, RoomPatch, SyncPlan
 from skiffyd.errors import CacheError, CacheWrongKeyError, UnknownRoomError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 ME = "@me:x"
 ROOM = "!room:x"
@@ -34,7 +37,13 @@ def cache(tmp_path: Path, key: str) -> Cache:
 
 def _msg(event_id: str, body: str, sender: str = "@a:x", txn_id: str | None = None) -> NewMessage:
     return NewMessage(
-        room_id=ROOM, event_id=event_id, sender=sender, body=body, ts=1, msgtype="m.text", txn_id=txn_id
+        room_id=ROOM,
+        event_id=event_id,
+        sender=sender,
+        body=body,
+        ts=1,
+        msgtype="m.text",
+        txn_id=txn_id,
     )
 
 
@@ -58,7 +67,9 @@ def test_sync_applies_rows_token_and_log(cache: Cache) -> None:
     assert cache.next_batch() == "s2"
 
 
-def test_a_failed_apply_leaves_nothing_behind(cache: Cache, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_apply_leaves_nothing_behind(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cache.apply_sync(_plan("s1", _msg("$1", "one")))
     original = cache._apply_message
     calls = 0
@@ -85,7 +96,8 @@ def test_local_echo_reconciled_from_sync_or_send(cache: Cache) -> None:
     cache.apply_sync(_plan("s1"))
     [added] = cache.enqueue_message(room_id=ROOM, body="hi", msgtype="m.text", txn_id="t1", ts=5)
     assert isinstance(added, MessageAdded)
-    assert added.message.status == "pending" and added.message.event_id is None
+    assert added.message.status == "pending"
+    assert added.message.event_id is None
     assert cache.outbox_count() == 1
     # Sync brings our event back before the PUT answered.
     [updated] = cache.apply_sync(_plan("s2", _msg("$e", "hi", sender=ME, txn_id="t1")))
@@ -115,7 +127,10 @@ def test_outbox_failure_and_unknown_room(cache: Cache) -> None:
     assert [i.txn_id for i in cache.outbox_items()] == ["t1", "t2"]
     [failed] = cache.mark_failed("t1", "403 M_FORBIDDEN")
     assert failed.message.status == "failed"
-    assert [(i.txn_id, i.state) for i in cache.outbox_items()] == [("t1", "failed"), ("t2", "queued")]
+    assert [(i.txn_id, i.state) for i in cache.outbox_items()] == [
+        ("t1", "failed"),
+        ("t2", "queued"),
+    ]
 
 
 def test_changes_since(cache: Cache) -> None:
@@ -123,7 +138,8 @@ def test_changes_since(cache: Cache) -> None:
     assert cache.last_seq == 6
     page = cache.changes_since(2, limit=2)
     assert [e.seq for e in page.events] == [3, 4]
-    assert page.more and not page.reset
+    assert page.more
+    assert not page.reset
     rest = cache.changes_since(4, limit=100)
     assert [e.seq for e in rest.events] == [5, 6]
     assert not rest.more
@@ -164,7 +180,9 @@ def test_migrations_run_once_and_reopen_keeps_data(tmp_path: Path, key: str) -> 
 
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.lists(st.integers(0, 30), max_size=6), max_size=8))
-def test_change_log_never_skips_or_repeats(tmp_path_factory: pytest.TempPathFactory, batches: list[list[int]]) -> None:
+def test_change_log_never_skips_or_repeats(
+    tmp_path_factory: pytest.TempPathFactory, batches: list[list[int]]
+) -> None:
     path = tmp_path_factory.mktemp("log") / "c.db"
     c = Cache.open(path, secrets.token_hex(32), ME)
     seen: list[int] = []

@@ -32,7 +32,9 @@ def test_homeserver_accepted(url: str, expected: str) -> None:
     assert normalize_homeserver(url) == expected
 
 
-@pytest.mark.parametrize("url", ["http://matrix.org", "http://10.0.0.1", "http://localhost.evil.com"])
+@pytest.mark.parametrize(
+    "url", ["http://matrix.org", "http://10.0.0.1", "http://localhost.evil.com"]
+)
 def test_plain_http_refused_off_loopback(url: str) -> None:
     with pytest.raises(InsecureHomeserverError):
         normalize_homeserver(url)
@@ -63,22 +65,34 @@ def test_backoff_grows_caps_and_honours_floor() -> None:
 
 
 def _item(ord_: int, room: str, state: str = "queued") -> OutboxItem:
-    return OutboxItem(ord=ord_, txn_id=f"t{ord_}", room_id=room, msgtype="m.text", body="x", state=state)  # type: ignore[arg-type]
+    return OutboxItem(
+        ord=ord_, txn_id=f"t{ord_}", room_id=room, msgtype="m.text", body="x", state=state
+    )  # type: ignore[arg-type]
 
 
 def test_heads_fifo_per_room_and_failed_head_holds_room() -> None:
-    items = [_item(3, "!a"), _item(1, "!a"), _item(2, "!b", "failed"), _item(4, "!b"), _item(5, "!c")]
+    items = [
+        _item(3, "!a"),
+        _item(1, "!a"),
+        _item(2, "!b", "failed"),
+        _item(4, "!b"),
+        _item(5, "!c"),
+    ]
     assert [i.txn_id for i in heads(items)] == ["t1", "t5"]
 
 
 def test_failure_classification() -> None:
     b = Backoff()
     assert isinstance(on_failure(HomeserverUnreachableError("down"), b, 0.5), Retry)
-    limited = RequestFailedError("slow down", status=429, errcode="M_LIMIT_EXCEEDED", retry_after_ms=7000)
+    limited = RequestFailedError(
+        "slow down", status=429, errcode="M_LIMIT_EXCEEDED", retry_after_ms=7000
+    )
     decision = on_failure(limited, b, 0.0)
     assert isinstance(decision, Retry)
     assert decision.delay >= 7.0
-    assert isinstance(on_failure(RequestFailedError("5xx", status=502, errcode=None), b, 0.0), Retry)
+    assert isinstance(
+        on_failure(RequestFailedError("5xx", status=502, errcode=None), b, 0.0), Retry
+    )
     forbidden = RequestFailedError("no", status=403, errcode="M_FORBIDDEN")
     assert on_failure(forbidden, b, 0.0) == GiveUp("403 M_FORBIDDEN")
 

@@ -15,7 +15,9 @@ def _sync(rooms: dict[str, object], next_batch: str = "s2") -> bytes:
     return msgspec.json.encode({"next_batch": next_batch, "rooms": rooms, "unknown_field": 1})
 
 
-def _msg(event_id: str, body: str, sender: str = "@a:example.org", **extra: object) -> dict[str, object]:
+def _msg(
+    event_id: str, body: str, sender: str = "@a:example.org", **extra: object
+) -> dict[str, object]:
     return {
         "type": "m.room.message",
         "event_id": event_id,
@@ -123,7 +125,11 @@ def test_malformed_messages_are_skipped_not_fatal() -> None:
                     "timeline": {
                         "events": [
                             {"type": "m.room.message", "event_id": "$r", "content": {}},
-                            {"type": "m.room.message", "event_id": "$n", "content": {"body": 5, "msgtype": "m.text"}},
+                            {
+                                "type": "m.room.message",
+                                "event_id": "$n",
+                                "content": {"body": 5, "msgtype": "m.text"},
+                            },
                             _msg("$ok", "fine"),
                         ]
                     }

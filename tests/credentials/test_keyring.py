@@ -17,6 +17,8 @@ import pytest
 from skiffyd.devenv.procs import clean_env
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from skiffyd.devenv.secret_service import SecretService
 
 pytestmark = pytest.mark.integration
@@ -82,7 +84,7 @@ def test_round_trip_is_one_item_under_the_user_id(secret_service: SecretService)
     assert out["backend"] == "keyring.backends.SecretService"
 
 
-def test_no_keyring_is_a_clear_error_never_plaintext(tmp_path: pytest.TempPathFactory) -> None:
+def test_no_keyring_is_a_clear_error_never_plaintext(tmp_path: Path) -> None:
     env = clean_env()
     env.pop("DBUS_SESSION_BUS_ADDRESS", None)
     env["XDG_RUNTIME_DIR"] = str(tmp_path)  # no bus socket there either
@@ -103,17 +105,18 @@ def test_no_keyring_is_a_clear_error_never_plaintext(tmp_path: pytest.TempPathFa
     assert result.returncode == 0, result.stderr[-2000:]
     code, message = result.stdout.splitlines()[:2]
     assert code == "SKIFFY_CREDENTIALS_NO_KEYRING"
-    assert "Secret Service" in message and "plaintext" in message
+    assert "Secret Service" in message
+    assert "plaintext" in message
     # Nothing was written anywhere under HOME.
-    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # type: ignore[attr-defined]
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
-def test_daemon_refuses_to_start_without_a_keyring(tmp_path: pytest.TempPathFactory) -> None:
+def test_daemon_refuses_to_start_without_a_keyring(tmp_path: Path) -> None:
     env = clean_env(
         XDG_RUNTIME_DIR=str(tmp_path),
-        XDG_DATA_HOME=str(tmp_path / "data"),  # type: ignore[operator]
-        XDG_STATE_HOME=str(tmp_path / "state"),  # type: ignore[operator]
-        XDG_CONFIG_HOME=str(tmp_path / "config"),  # type: ignore[operator]
+        XDG_DATA_HOME=str(tmp_path / "data"),
+        XDG_STATE_HOME=str(tmp_path / "state"),
+        XDG_CONFIG_HOME=str(tmp_path / "config"),
         HOME=str(tmp_path),
     )
     env.pop("DBUS_SESSION_BUS_ADDRESS", None)

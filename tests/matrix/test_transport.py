@@ -17,7 +17,9 @@ from skiffyd.matrix.transport import Transport, decode
 
 def _transport(handler: object, token: str | None = "tok") -> Transport:
     return Transport(
-        "http://127.0.0.1:1", access_token=token, transport=httpx.MockTransport(handler)  # type: ignore[arg-type]
+        "http://127.0.0.1:1",
+        access_token=token,
+        transport=httpx.MockTransport(handler),  # type: ignore[arg-type]
     )
 
 
@@ -47,7 +49,11 @@ async def test_matrix_error_is_translated_with_retry_after() -> None:
         await t.request("PUT", "/x", json={})
     await t.aclose()
     assert info.value.transient
-    assert (info.value.status, info.value.errcode, info.value.retry_after_ms) == (429, "M_LIMIT_EXCEEDED", 1500)
+    assert (info.value.status, info.value.errcode, info.value.retry_after_ms) == (
+        429,
+        "M_LIMIT_EXCEEDED",
+        1500,
+    )
 
 
 async def test_html_502_is_transient_and_html_404_is_bad_response() -> None:

@@ -1,0 +1,450 @@
+"""IpcServer against real nng sockets, with a fake command handler."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+from typing import Any
+
+import msgspec
+import pynng
+import pytest
+import structlog
+import trio
+
+import ipc_schema as s
+from skiffyd.errors import DaemonAlreadyRunningError, NotLoggedInError, SkiffyError
+from skiffyd.ipc import codec
+from skiffyd.ipc.client import DaemonTimeoutError
+from skiffyd.ipc.server import (
+    MAX_BATCH_EVENTS,
+    NNG_RECV_MAX_BYTES,
+    IpcServer,
+    peer_allowed,
+)
+
+enc = msgspec.msgpack.Encoder()
+
+ROUND_TRIPS: list[tuple[s.Request, s.Result]] = [
+    (
+        s.Hello(),
+        s.HelloResult(protocol_version=s.PROTOCOL_VERSION, instance_id="instance-1", last_seq=0),
+    ),
+    (s.Status(), s.StatusResult(state="ready", instance_id="instance-1")),
+    (
+        s.Login(homeserver="https://hs.example", user="@u:hs.example", password="pw"),
+        s.LoginResult(user_id="@u:hs.example", device_id="DEVICE", homeserver="https://hs.example"),
+    ),
+    (s.Logout(), s.OkResult()),
+    (s.Rooms(), s.RoomsResult(rooms=[s.RoomInfo(room_id="!a:example.org", name="A")])),
+    (
+        s.Messages(room_id="!m:hs", limit=1),
+        s.MessagesResult(
+            messages=[
+                s.MessageInfo(
+                    event_id="$e0",
+                    room_id="!m:hs",
+                    sender="@b:example.org",
+                    body="body 0",
+                    ts=0,
+                    status="sent",
+                )
+            ]
+        ),
+    ),
+    (s.Send(room_id="!m:hs", body="hello"), s.SendResult(txn_id="txn-5")),
+    (s.Join(room="#lobby:hs"), s.JoinResult(room_id="!joined-lobby:hs")),
+    (s.ChangesSince(seq=0), s.ChangesResult(events=[], last_seq=0)),
+]
+
+
+@pytest.mark.parametrize(("request_", "expected"), ROUND_TRIPS, ids=lambda x: type(x).__name__)
+async def test_every_command_round_trips(
+    server: IpcServer, fake: Any, call: Any, request_: s.Request, expected: s.Result
+) -> None:
+    assert await call(request_) == expected
+    assert fake.received == [request_]
+
+
+BAD_FRAMES = [
+    pytest.param(b"\xc1\xc1", s.ErrorCode.IPC_MALFORMED, id="garbage"),
+    pytest.param(enc.encode(["status"]), s.ErrorCode.IPC_MALFORMED, id="not-a-map"),
+    pytest.param(enc.encode({"cmd": "reboot"}), s.ErrorCode.IPC_UNKNOWN_COMMAND, id="unknown"),
+    pytest.param(
+        enc.encode({"cmd": "send", "room_id": "!r:hs"}),
+        s.ErrorCode.IPC_INVALID_ARGUMENT,
+        id="missing-field",
+    ),
+    pytest.param(
+        enc.encode({"cmd": "messages", "room_id": "!r:hs", "limit": "all"}),
+        s.ErrorCode.IPC_INVALID_ARGUMENT,
+        id="wrong-type",
+    ),
+    pytest.param(b"\x81\xa3cmd\xa6statu\x92", s.ErrorCode.IPC_MALFORMED, id="not-utf8"),
+    pytest.param(b"\x90" * (s.MAX_REQUEST_BYTES + 1), s.ErrorCode.IPC_TOO_LARGE, id="too-large"),
+]
+
+
+@pytest.mark.parametrize(("frame", "code"), BAD_FRAMES)
+async def test_bad_frames_get_error_replies_and_the_server_goes_on(
+    server: IpcServer, fake: Any, raw: Any, call: Any, frame: bytes, code: str
+) -> None:
+    reply = await raw(frame)
+    assert reply.result is None
+    assert reply.error is not None
+    assert reply.error.code == code
+    assert fake.received == []
+    assert isinstance(await call(s.Status()), s.StatusResult)
+
+
+async def test_frame_above_nng_limit_drops_the_connection_only(
+    server: IpcServer, paths: Any, call: Any
+) -> None:
+    def send_huge() -> None:
+        with pynng.Req0(recv_timeout=5000, send_timeout=5000) as sock:
+            sock.resend_time = -1
+            sock.dial(f"ipc://{paths.command_socket}", block=True)
+            sock.send(b"\x00" * (NNG_RECV_MAX_BYTES + 1))
+            sock.recv()
+
+    # nng closes the connection on a frame above its limit; with resends off
+    # the client learns at once instead of redialling and resending.
+    with pytest.raises(pynng.ConnectionReset):
+        await trio.to_thread.run_sync(send_huge)
+    assert isinstance(await call(s.Status()), s.StatusResult)
+
+
+async def test_client_refuses_oversized_request_locally(
+    server: IpcServer, fake: Any, call: Any
+) -> None:
+    with pytest.raises(SkiffyError) as info:
+        await call(s.Send(room_id="!r:hs", body="x" * s.MAX_REQUEST_BYTES))
+    assert info.value.code == s.ErrorCode.IPC_TOO_LARGE
+    assert fake.received == []
+
+
+async def test_skiffy_error_keeps_code_message_and_details(
+    start_server: Any, fake: Any, call: Any
+) -> None:
+    async def not_logged_in(req: s.Request) -> s.Result:
+        raise NotLoggedInError("log in first", details={"hint": "skiffyd login"})
+
+    async def grouped(req: s.Request) -> s.Result:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(not_logged_in, req)
+        raise AssertionError("unreachable")
+
+    fake.overrides[s.Rooms] = not_logged_in
+    fake.overrides[s.Logout] = grouped
+    await start_server(fake.handle)
+    for req in (s.Rooms(), s.Logout()):
+        with pytest.raises(SkiffyError) as info:
+            await call(req)
+        assert info.value.code == s.ErrorCode.SESSION_NOT_LOGGED_IN
+        assert info.value.message == "log in first"
+        assert info.value.details == {"hint": "skiffyd login"}
+
+
+async def test_handler_crash_is_internal_error_and_logs_no_content(
+    start_server: Any, fake: Any, call: Any
+) -> None:
+    secret = "p4ssw0rd-never-logged"
+
+    async def crash(req: s.Request) -> s.Result:
+        raise KeyError(secret)
+
+    async def wrong_type(req: s.Request) -> s.Result:
+        return s.Rooms()  # type: ignore[return-value]  # a request is not a result
+
+    fake.overrides[s.Login] = crash
+    fake.overrides[s.Rooms] = wrong_type
+    await start_server(fake.handle)
+    with structlog.testing.capture_logs() as logs:
+        for req in (s.Login(homeserver="h", user="u", password=secret), s.Rooms()):
+            with pytest.raises(SkiffyError) as info:
+                await call(req)
+            assert info.value.code == s.ErrorCode.DAEMON_INTERNAL
+            assert secret not in str(info.value)
+        assert isinstance(await call(s.Status()), s.StatusResult)
+    crashes = [e for e in logs if e["event"] == "ipc.command_crashed"]
+    assert [e["error_type"] for e in crashes] == ["KeyError", "TypeError"]
+    assert secret not in repr(logs)
+
+
+@pytest.mark.parametrize("contexts", [8, 1])
+async def test_slow_command_does_not_block_other_contexts(
+    start_server: Any, fake: Any, call: Any, contexts: int
+) -> None:
+    entered, release = trio.Event(), trio.Event()
+
+    async def slow(req: s.Request) -> s.Result:
+        entered.set()
+        await release.wait()
+        return s.MessagesResult(messages=[])
+
+    fake.overrides[s.Messages] = slow
+    await start_server(fake.handle, contexts=contexts)
+    results: list[s.Result] = []
+
+    async def slow_call() -> None:
+        results.append(await call(s.Messages(room_id="!r:hs")))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(slow_call)
+        await entered.wait()
+        if contexts > 1:
+            assert isinstance(await call(s.Status()), s.StatusResult)
+            assert not release.is_set()  # answered while the slow one was in flight
+        else:
+            # The control: with one context the fast command has to wait.
+            with pytest.raises(DaemonTimeoutError):
+                await call(s.Status(), client_timeout=0.3)
+        release.set()
+    assert results == [s.MessagesResult(messages=[])]
+
+
+async def test_stop_accepting_answers_shutting_down(server: IpcServer, call: Any) -> None:
+    assert isinstance(await call(s.Status()), s.StatusResult)
+    server.stop_accepting()
+    with pytest.raises(SkiffyError) as info:
+        await call(s.Status())
+    assert info.value.code == s.ErrorCode.DAEMON_SHUTTING_DOWN
+
+
+async def test_wait_idle_waits_for_in_flight_commands(
+    start_server: Any, fake: Any, call: Any
+) -> None:
+    entered, release = trio.Event(), trio.Event()
+
+    async def slow(req: s.Request) -> s.Result:
+        entered.set()
+        await release.wait()
+        return s.OkResult()
+
+    fake.overrides[s.Logout] = slow
+    running = await start_server(fake.handle)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(call, s.Logout())
+        await entered.wait()
+        assert running.server.statistics().in_flight == 1
+        idle: list[bool] = []
+
+        async def wait() -> None:
+            await running.server.wait_idle()
+            idle.append(True)
+
+        nursery.start_soon(wait)
+        await trio.testing.wait_all_tasks_blocked()
+        assert idle == []
+        release.set()
+    assert idle == [True]
+    assert running.server.statistics().in_flight == 0
+
+
+async def test_socket_modes_and_cleanup(start_server: Any, fake: Any, paths: Any) -> None:
+    with structlog.testing.capture_logs() as logs:
+        running = await start_server(fake.handle)
+    # 0600 from nng's ipc:permissions at bind time, not from the chmod fallback.
+    assert not [e for e in logs if e["event"] == "ipc.socket_mode_fixed"]
+    assert stat.S_IMODE(os.stat(paths.runtime_dir).st_mode) == 0o700
+    for sock in (paths.command_socket, paths.event_socket):
+        st = os.stat(sock)
+        assert stat.S_ISSOCK(st.st_mode)
+        assert stat.S_IMODE(st.st_mode) == 0o600
+    await running.stop()
+    assert not paths.command_socket.exists()
+    assert not paths.event_socket.exists()
+
+
+async def test_second_server_fails_clearly_and_first_keeps_serving(
+    server: IpcServer, fake: Any, paths: Any, call: Any
+) -> None:
+    second = IpcServer(paths, fake.handle, instance_id="other")
+    with pytest.raises(DaemonAlreadyRunningError):
+        await second.run()
+    assert paths.command_socket.exists()
+    assert paths.event_socket.exists()
+    assert isinstance(await call(s.Status()), s.StatusResult)
+
+
+async def test_server_reclaims_a_stale_socket(
+    start_server: Any, fake: Any, paths: Any, call: Any
+) -> None:
+    paths.ensure_private_dir(paths.runtime_dir)
+    with socket.socket(socket.AF_UNIX) as stale:
+        stale.bind(str(paths.command_socket))  # left behind, nobody listening
+    await start_server(fake.handle)
+    assert isinstance(await call(s.Status()), s.StatusResult)
+
+
+# ---------------------------------------------------------------- peer uid
+
+
+def test_peer_allowed() -> None:
+    assert peer_allowed(1000, 1000)
+    assert not peer_allowed(1001, 1000)
+    assert not peer_allowed(0, 1000)
+    assert not peer_allowed(None, 1000)  # unknown: fail closed
+
+
+# A stdlib-only Req0 client speaking nng's IPC wire format (the 8-byte SP
+# header, then 0x01 + u64 length + payload), so it runs under any Python that
+# the unprivileged user can execute, without pynng.
+RAW_REQ0 = r"""
+import socket, struct, sys
+path, payload = sys.argv[1], bytes.fromhex(sys.argv[2])
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(10)
+s.connect(path)
+buf = b""
+try:
+    s.sendall(b"\x00SP\x00" + struct.pack(">H", 0x30) + b"\x00\x00")
+    body = struct.pack(">I", 0x80000001) + payload
+    s.sendall(b"\x01" + struct.pack(">Q", len(body)) + body)
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+        if len(buf) >= 17 and len(buf) >= 17 + struct.unpack(">Q", buf[9:17])[0]:
+            break
+except socket.timeout:
+    print("TIMEOUT")
+    sys.exit()
+except OSError:  # reset or broken pipe: the server closed the connection
+    pass
+print("REPLY " + buf[21:].hex() if len(buf) > 17 else "CLOSED")
+"""
+
+NOBODY = 65534
+
+
+def _python_for_nobody() -> str | None:
+    for exe in (sys.executable, "/usr/bin/python3", shutil.which("python3")):
+        if not exe:
+            continue
+        try:
+            probe = subprocess.run(
+                [exe, "-c", "pass"],
+                user=NOBODY,
+                group=NOBODY,
+                extra_groups=[],
+                capture_output=True,
+                check=False,
+                cwd="/",
+            )
+        except OSError:
+            continue
+        if probe.returncode == 0:
+            return exe
+    return None
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a client as another uid")
+async def test_peer_with_another_uid_is_refused(
+    server: IpcServer, fake: Any, paths: Any, base_dir: Any
+) -> None:
+    python = await trio.to_thread.run_sync(_python_for_nobody)
+    if python is None:
+        pytest.skip("no Python interpreter that uid 65534 may run")
+    # Open the file-system path to everyone, so only the uid check stands
+    # between the other user and the daemon.
+    os.chmod(base_dir, 0o711)
+    os.chmod(paths.runtime_dir, 0o711)
+    os.chmod(paths.command_socket, 0o666)
+    frame = codec.encode_request(s.Status()).hex()
+    argv = [python, "-c", RAW_REQ0, str(paths.command_socket), frame]
+
+    own = await trio.run_process(argv, capture_stdout=True, cwd="/")
+    kind, _, payload = own.stdout.decode().strip().partition(" ")
+    assert kind == "REPLY"  # the control: the raw client works for our own uid
+    assert isinstance(codec.decode_reply(bytes.fromhex(payload)).result, s.StatusResult)
+    assert len(fake.received) == 1
+
+    other = await trio.run_process(
+        argv, capture_stdout=True, cwd="/", user=NOBODY, group=NOBODY, extra_groups=[]
+    )
+    assert other.stdout.decode().strip() == "CLOSED"
+    assert len(fake.received) == 1
+    assert server.statistics().refused_peers >= 1
+
+
+# ------------------------------------------------------------------ events
+
+
+async def test_publish_coalesces_into_batches(
+    server: IpcServer, fake: Any, paths: Any, until: Any
+) -> None:
+    sub = pynng.Sub0(recv_timeout=5000)
+    sub.subscribe(b"")
+    sub.dial(f"ipc://{paths.event_socket}", block=True)
+    try:
+        await until(lambda: server.statistics().subscribers == 1)
+        events = [fake.event(seq) for seq in range(1, 2 * MAX_BATCH_EVENTS + 501)]
+        server.publish(events)  # one call: everything is queued at once
+
+        def receive(n: int) -> list[s.EventBatch]:
+            return [codec.decode_events(sub.recv()) for _ in range(n)]
+
+        batches = await trio.to_thread.run_sync(receive, 3)
+    finally:
+        sub.close()
+    assert [len(b.events) for b in batches] == [MAX_BATCH_EVENTS, MAX_BATCH_EVENTS, 500]
+    assert {b.instance_id for b in batches} == {"instance-1"}
+    assert [e.seq for b in batches for e in b.events] == list(range(1, 2 * MAX_BATCH_EVENTS + 501))
+    stats = server.statistics()
+    assert (stats.published_frames, stats.published_events) == (3, 2 * MAX_BATCH_EVENTS + 500)
+
+
+async def test_publish_from_another_thread(
+    server: IpcServer, fake: Any, paths: Any, until: Any
+) -> None:
+    sub = pynng.Sub0(recv_timeout=5000)
+    sub.subscribe(b"")
+    sub.dial(f"ipc://{paths.event_socket}", block=True)
+    try:
+        await until(lambda: server.statistics().subscribers == 1)
+        await trio.to_thread.run_sync(server.publish, [fake.event(1)])
+        batch = codec.decode_events(await trio.to_thread.run_sync(sub.recv))
+    finally:
+        sub.close()
+    assert batch.events == [fake.event(1)]
+
+
+async def test_publish_never_raises(server: IpcServer) -> None:
+    server.publish(["not an event", None])  # type: ignore[list-item]
+    server.publish(None)  # type: ignore[arg-type]
+
+
+async def test_slow_subscriber_does_not_block_the_publisher(
+    server: IpcServer, fake: Any, paths: Any, until: Any
+) -> None:
+    stuck = pynng.Sub0(recv_buffer_size=1)  # subscribed, never reads
+    stuck.subscribe(b"")
+    stuck.dial(f"ipc://{paths.event_socket}", block=True)
+    live = pynng.Sub0(recv_timeout=5000)
+    live.subscribe(b"")
+    try:
+        await until(lambda: server.statistics().subscribers == 1)
+        frames = 600  # well past nng's per-subscriber queues
+        for seq in range(1, frames + 1):
+            server.publish([fake.event(seq)])
+            # Returns once the publisher has sent it and sleeps again; it
+            # would hang here if a send blocked.
+            with trio.fail_after(10):
+                await trio.testing.wait_all_tasks_blocked()
+            assert server.statistics().queued_events == 0
+        assert server.statistics().published_frames == frames
+        # And the publisher still delivers to a subscriber that keeps up.
+        live.dial(f"ipc://{paths.event_socket}", block=True)
+        await until(lambda: server.statistics().subscribers == 2)
+        server.publish([fake.event(frames + 1)])
+        batch = codec.decode_events(await trio.to_thread.run_sync(live.recv))
+    finally:
+        stuck.close()
+        live.close()
+    assert batch.events == [fake.event(frames + 1)]
