@@ -80,23 +80,84 @@ class ErrorCode:
 
 class RoomInfo(msgspec.Struct, kw_only=True):
     room_id: str
+    #: The display name, computed as the spec says (name, alias, heroes).
     name: str
     topic: str | None = None
     is_encrypted: bool = False
     member_count: int = 0
+    #: Messages from others after the account's read receipt (computed from
+    #: the cache when the receipt's event is there, else the server's count).
     unread_count: int = 0
     membership: Literal["join", "invite", "leave"] = "join"
+    avatar_url: str | None = None
+    join_rule: str | None = None
+    notification_count: int = 0
+    highlight_count: int = 0
+    #: Room tags (``m.favourite``, ``m.lowpriority``, ``u.*``).
+    tags: list[str] = msgspec.field(default_factory=list)
+    is_direct: bool = False
+    #: The other user of a direct chat (from ``m.direct``).
+    direct_user: str | None = None
+    #: Who invited the account (invites only).
+    inviter: str | None = None
+    #: The room that replaced this one (``m.room.tombstone``).
+    successor: str | None = None
+    predecessor: str | None = None
+    #: The account's ``m.fully_read`` marker.
+    fully_read: str | None = None
+    #: The account's own read receipt.
+    read_receipt: str | None = None
 
 
 class MessageInfo(msgspec.Struct, kw_only=True):
+    """One timeline row: a message, or a state change shown as an item."""
+
     event_id: str | None
     room_id: str
     sender: str
+    #: A message's body (the latest edit's); for a state change, one line
+    #: saying what it did; "(deleted)" when redacted.
     body: str
     ts: int
     status: MessageStatus
     txn_id: str | None = None
-    msgtype: str = "m.text"
+    msgtype: str | None = "m.text"
+    #: The event type: m.room.message, m.room.encrypted, or a state type.
+    type: str = "m.room.message"
+    state_key: str | None = None
+    format: str | None = None
+    formatted_body: str | None = None
+    edited: bool = False
+    redacted: bool = False
+    #: Reaction key → number of distinct senders.
+    reactions: dict[str, int] = msgspec.field(default_factory=dict)
+    #: The keys the account itself reacted with.
+    my_reactions: list[str] = msgspec.field(default_factory=list)
+    reply_to: str | None = None
+    thread_root: str | None = None
+    #: On a thread root: how many replies, and the latest one's event id.
+    thread_count: int = 0
+    thread_latest: str | None = None
+    #: The content a UI renders (the latest edit's, or stripped if redacted):
+    #: url and info for media, geo_uri for locations, and so on.
+    content: dict[str, Any] = msgspec.field(default_factory=dict)
+    encrypted: bool = False
+
+
+class MemberInfo(msgspec.Struct, kw_only=True):
+    room_id: str
+    user_id: str
+    membership: str
+    display_name: str | None = None
+    avatar_url: str | None = None
+
+
+class GapInfo(msgspec.Struct, kw_only=True):
+    """Missing history: between ``after`` (None: the room's start is not
+    known to be reached) and ``before`` (the first event after the gap)."""
+
+    after: str | None
+    before: str | None
 
 
 # --------------------------------------------------------------------------
@@ -147,11 +208,33 @@ class ChangesSince(msgspec.Struct, tag_field="cmd", tag="changes_since", kw_only
     limit: int = 1000
 
 
-Request = Hello | Status | Login | Logout | Rooms | Messages | Send | Join | ChangesSince
-COMMAND_NAMES: frozenset[str] = frozenset(
-    str(t.__struct_config__.tag)
-    for t in (Hello, Status, Login, Logout, Rooms, Messages, Send, Join, ChangesSince)
+class Members(msgspec.Struct, tag_field="cmd", tag="members", kw_only=True):
+    room_id: str
+    #: Include members who left or were banned.
+    all: bool = False
+
+
+class Backfill(msgspec.Struct, tag_field="cmd", tag="backfill", kw_only=True):
+    """Fill history from the server into the cache, newest gap first."""
+
+    room_id: str
+    limit: int = 100
+
+
+Request = (
+    Hello
+    | Status
+    | Login
+    | Logout
+    | Rooms
+    | Messages
+    | Send
+    | Join
+    | ChangesSince
+    | Members
+    | Backfill
 )
+COMMAND_NAMES: frozenset[str] = frozenset(str(t.__struct_config__.tag) for t in get_args(Request))
 
 
 # --------------------------------------------------------------------------
@@ -197,6 +280,21 @@ class RoomsResult(msgspec.Struct, tag_field="type", tag="rooms", kw_only=True):
 
 class MessagesResult(msgspec.Struct, tag_field="type", tag="messages", kw_only=True):
     messages: list[MessageInfo]
+    #: Known holes in the history the messages span (``skiffyd backfill``).
+    gaps: list[GapInfo] = msgspec.field(default_factory=list)
+
+
+class MembersResult(msgspec.Struct, tag_field="type", tag="members", kw_only=True):
+    members: list[MemberInfo]
+
+
+class BackfillResult(msgspec.Struct, tag_field="type", tag="backfill", kw_only=True):
+    #: Rows added to the timeline (edits, reactions and redactions not counted).
+    added: int
+    #: Events fetched from the server.
+    fetched: int
+    #: True when the room's first event is now in the cache.
+    reached_start: bool
 
 
 class SendResult(msgspec.Struct, tag_field="type", tag="send", kw_only=True):
@@ -228,6 +326,19 @@ class MessageUpdated(msgspec.Struct, tag_field="type", tag="message_updated", kw
     message: MessageInfo
 
 
+class MemberUpdated(msgspec.Struct, tag_field="type", tag="member_updated", kw_only=True):
+    seq: int
+    member: MemberInfo
+
+
+class Typing(msgspec.Struct, tag_field="type", tag="typing", kw_only=True):
+    """Ephemeral: who is typing in a room now (not stored, not in the log)."""
+
+    seq: int
+    room_id: str
+    user_ids: list[str]
+
+
 class SessionStateChanged(msgspec.Struct, tag_field="type", tag="session_state", kw_only=True):
     """Ephemeral: not in the change log; ``seq`` is the last log seq when sent."""
 
@@ -236,9 +347,9 @@ class SessionStateChanged(msgspec.Struct, tag_field="type", tag="session_state",
     user_id: str | None = None
 
 
-Event = RoomUpdated | MessageAdded | MessageUpdated | SessionStateChanged
+Event = RoomUpdated | MessageAdded | MessageUpdated | MemberUpdated | SessionStateChanged | Typing
 #: Events that are stored in the change log (and so returned by ChangesSince).
-LoggedEvent = RoomUpdated | MessageAdded | MessageUpdated
+LoggedEvent = RoomUpdated | MessageAdded | MessageUpdated | MemberUpdated
 
 
 class ChangesResult(msgspec.Struct, tag_field="type", tag="changes", kw_only=True):
@@ -266,6 +377,8 @@ Result = (
     | SendResult
     | JoinResult
     | ChangesResult
+    | MembersResult
+    | BackfillResult
 )
 
 
@@ -314,12 +427,15 @@ __all__ = [
     "COMMAND_NAMES",
     "MAX_REQUEST_BYTES",
     "PROTOCOL_VERSION",
+    "Backfill",
+    "BackfillResult",
     "ChangesResult",
     "ChangesSince",
     "ErrorCode",
     "ErrorInfo",
     "Event",
     "EventBatch",
+    "GapInfo",
     "Hello",
     "HelloResult",
     "Join",
@@ -328,6 +444,10 @@ __all__ = [
     "Login",
     "LoginResult",
     "Logout",
+    "MemberInfo",
+    "MemberUpdated",
+    "Members",
+    "MembersResult",
     "MessageAdded",
     "MessageInfo",
     "MessageUpdated",
@@ -347,5 +467,6 @@ __all__ = [
     "SessionStateChanged",
     "Status",
     "StatusResult",
+    "Typing",
     "export_json_schema",
 ]

@@ -48,8 +48,10 @@ from skiffyd.errors import (
     NotLoggedInError,
     OutboxError,
     SkiffyError,
+    UnknownRoomError,
 )
 from skiffyd.ipc.server import IpcServer
+from skiffyd.matrix import history
 from skiffyd.matrix import session as matrix_session
 from skiffyd.matrix.crypto import Crypto
 from skiffyd.matrix.outbox import OutboxService
@@ -107,6 +109,7 @@ class Daemon:
         self.session: AccountSession | None = None
         self._limiter = trio.CapacityLimiter(1)
         self._session_lock = trio.Lock()
+        self._backfill_locks: dict[str, trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
         self.server = IpcServer(paths, self.handle, instance_id=self.instance_id)
 
@@ -302,9 +305,18 @@ class Daemon:
                 s = self._require_session()
                 check_room_id(request.room_id)
                 limit = max(1, min(request.limit, 1000))
-                return wire.MessagesResult(
-                    messages=await self.db(s.cache.messages, request.room_id, limit)
+                messages, gaps = await self.db(s.cache.messages, request.room_id, limit)
+                return wire.MessagesResult(messages=messages, gaps=gaps)
+            case wire.Members():
+                s = self._require_session()
+                check_room_id(request.room_id)
+                return wire.MembersResult(
+                    members=await self.db(
+                        lambda: s.cache.members(request.room_id, include_left=request.all)
+                    )
                 )
+            case wire.Backfill():
+                return await self._backfill(request)
             case wire.Send():
                 return await self._send(request)
             case wire.Join():
@@ -437,6 +449,29 @@ class Daemon:
         if s.outbox is not None:
             s.outbox.wake()
         return wire.SendResult(txn_id=txn_id)
+
+    async def _backfill(self, request: wire.Backfill) -> wire.BackfillResult:
+        s = self._require_session()
+        check_room_id(request.room_id)
+        if not await self.db(s.cache.has_room, request.room_id):
+            raise UnknownRoomError(
+                "no such room in the cache", details={"room_id": request.room_id}
+            )
+        limit = max(1, min(request.limit, 10_000))
+        # One backfill per room at a time: two would fetch the same gap.
+        lock = self._backfill_locks.setdefault(request.room_id, trio.Lock())
+        async with lock:
+            outcome = await history.backfill(
+                transport=s.transport,
+                cache=s.cache,
+                db=self.db,
+                publish=self.publish,
+                room_id=request.room_id,
+                limit=limit,
+            )
+        return wire.BackfillResult(
+            added=outcome.added, fetched=outcome.fetched, reached_start=outcome.reached_start
+        )
 
     async def _join(self, request: wire.Join) -> wire.JoinResult:
         s = self._require_session()

@@ -1,42 +1,113 @@
 """Numbered schema migrations. Index i holds the step to ``user_version`` i+1.
 
-Append only: a released step is never edited.
+Append only once released: a released step is never edited.
 """
 
 from __future__ import annotations
 
 MIGRATIONS: tuple[str, ...] = (
-    # 1: rooms, messages, the outbox, sync state and the change log.
+    # 1: rooms, members, the timeline with its relations, receipts and gaps,
+    #    the outbox, sync state and the change log.
     """
     CREATE TABLE meta (
         key   TEXT PRIMARY KEY,
         value ANY
     ) STRICT;
     CREATE TABLE rooms (
-        room_id         TEXT PRIMARY KEY,
-        membership      TEXT NOT NULL,
-        name            TEXT,
-        canonical_alias TEXT,
-        topic           TEXT,
-        is_encrypted    INTEGER NOT NULL DEFAULT 0,
-        joined_count    INTEGER NOT NULL DEFAULT 0,
-        invited_count   INTEGER NOT NULL DEFAULT 0,
-        heroes          TEXT,
-        unread_count    INTEGER NOT NULL DEFAULT 0,
-        display_name    TEXT
+        room_id            TEXT PRIMARY KEY,
+        membership         TEXT NOT NULL,
+        name               TEXT,
+        canonical_alias    TEXT,
+        topic              TEXT,
+        avatar_url         TEXT,
+        join_rule          TEXT,
+        is_encrypted       INTEGER NOT NULL DEFAULT 0,
+        joined_count       INTEGER NOT NULL DEFAULT 0,
+        invited_count      INTEGER NOT NULL DEFAULT 0,
+        heroes             TEXT,
+        notification_count INTEGER NOT NULL DEFAULT 0,
+        highlight_count    INTEGER NOT NULL DEFAULT 0,
+        tags               TEXT,
+        fully_read         TEXT,
+        inviter            TEXT,
+        successor          TEXT,
+        predecessor        TEXT,
+        is_direct          INTEGER NOT NULL DEFAULT 0,
+        direct_user        TEXT,
+        read_receipt       TEXT,
+        unread_count       INTEGER NOT NULL DEFAULT 0,
+        display_name       TEXT
     ) STRICT;
+    CREATE INDEX rooms_direct ON rooms(is_direct) WHERE is_direct = 1;
+    CREATE TABLE members (
+        room_id      TEXT NOT NULL,
+        user_id      TEXT NOT NULL,
+        membership   TEXT NOT NULL,
+        display_name TEXT,
+        avatar_url   TEXT,
+        PRIMARY KEY (room_id, user_id)
+    ) STRICT, WITHOUT ROWID;
     CREATE TABLE messages (
-        ord      INTEGER PRIMARY KEY AUTOINCREMENT,
-        room_id  TEXT NOT NULL,
-        event_id TEXT UNIQUE,
-        txn_id   TEXT UNIQUE,
-        sender   TEXT NOT NULL,
-        body     TEXT NOT NULL,
-        msgtype  TEXT NOT NULL,
-        ts       INTEGER NOT NULL,
-        status   TEXT NOT NULL CHECK (status IN ('pending', 'sent', 'failed'))
+        ord            INTEGER PRIMARY KEY AUTOINCREMENT,
+        room_id        TEXT NOT NULL,
+        pos            INTEGER NOT NULL,
+        event_id       TEXT UNIQUE,
+        txn_id         TEXT UNIQUE,
+        type           TEXT NOT NULL,
+        state_key      TEXT,
+        sender         TEXT NOT NULL,
+        ts             INTEGER NOT NULL,
+        status         TEXT NOT NULL CHECK (status IN ('pending', 'sent', 'failed')),
+        content        BLOB NOT NULL,
+        prev_content   BLOB,
+        redacted       INTEGER NOT NULL DEFAULT 0,
+        reply_to       TEXT,
+        thread_root    TEXT,
+        -- Derived by skiffyd.core.timeline.aggregate from the columns above
+        -- and the relations pointing here:
+        body           TEXT NOT NULL,
+        msgtype        TEXT,
+        display        BLOB NOT NULL,
+        edited         INTEGER NOT NULL DEFAULT 0,
+        reactions      TEXT,
+        my_reactions   TEXT,
+        thread_count   INTEGER NOT NULL DEFAULT 0,
+        thread_latest  TEXT
     ) STRICT;
-    CREATE INDEX messages_by_room ON messages(room_id, ord);
+    CREATE INDEX messages_by_room ON messages(room_id, pos);
+    CREATE TABLE relations (
+        event_id    TEXT PRIMARY KEY,
+        room_id     TEXT NOT NULL,
+        target      TEXT NOT NULL,
+        rel_type    TEXT NOT NULL,
+        sender      TEXT NOT NULL,
+        ts          INTEGER NOT NULL,
+        key         TEXT,
+        new_content BLOB,
+        redacted    INTEGER NOT NULL DEFAULT 0
+    ) STRICT;
+    CREATE INDEX relations_by_target ON relations(target);
+    CREATE TABLE redactions (
+        event_id     TEXT PRIMARY KEY,
+        redacted_by  TEXT NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE receipts (
+        room_id      TEXT NOT NULL,
+        user_id      TEXT NOT NULL,
+        receipt_type TEXT NOT NULL,
+        event_id     TEXT NOT NULL,
+        ts           INTEGER NOT NULL,
+        PRIMARY KEY (room_id, user_id, receipt_type)
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE gaps (
+        gap_id     INTEGER PRIMARY KEY,
+        room_id    TEXT NOT NULL,
+        token      TEXT NOT NULL,
+        upper_pos  INTEGER NOT NULL,
+        after_id   TEXT,
+        before_id  TEXT
+    ) STRICT;
+    CREATE INDEX gaps_by_room ON gaps(room_id, upper_pos);
     CREATE TABLE outbox (
         txn_id     TEXT PRIMARY KEY REFERENCES messages(txn_id),
         room_id    TEXT NOT NULL,

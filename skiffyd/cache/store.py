@@ -27,9 +27,11 @@ failure into :class:`~skiffyd.errors.CacheWrongKeyError`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import apsw
@@ -37,7 +39,10 @@ import msgspec
 
 from ipc_schema import (
     ChangesResult,
+    GapInfo,
     LoggedEvent,
+    MemberInfo,
+    MemberUpdated,
     MessageAdded,
     MessageInfo,
     MessageUpdated,
@@ -46,11 +51,25 @@ from ipc_schema import (
 )
 from skiffyd.cache.migrations import MIGRATIONS
 from skiffyd.core.outbox import OutboxItem
-from skiffyd.core.sync import ROOM_FIELDS, SyncPlan, room_display_name
+from skiffyd.core.sync import (
+    ROOM_FIELDS,
+    MemberChange,
+    Receipt,
+    RoomSync,
+    SyncPlan,
+    room_display_name,
+)
+from skiffyd.core.timeline import (
+    MESSAGE_ROWS,
+    Relation,
+    TimelineItem,
+    aggregate,
+    summarize,
+)
 from skiffyd.errors import CacheError, CacheWrongKeyError, UnknownRoomError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
     from pathlib import Path
 
 #: How many change-log rows are kept. A UI that asks for an older seq is told
@@ -58,14 +77,39 @@ if TYPE_CHECKING:
 CHANGELOG_RETENTION = 100_000
 _TRIM_SLACK = 10_000
 
+#: Distance between consecutive live timeline rows: backfilled history goes
+#: into the space below a gap's upper bound, one position per event, so a
+#: gap can hold 2**32 events before positions would need renumbering.
+POS_STRIDE = 1 << 32
+
 _event_encoder = msgspec.msgpack.Encoder()
 _event_decoder: msgspec.msgpack.Decoder[LoggedEvent] = msgspec.msgpack.Decoder(LoggedEvent)  # type: ignore[arg-type,unused-ignore]
+_pack = msgspec.msgpack.Encoder().encode
+_unpack_dict = msgspec.msgpack.Decoder(dict[str, Any]).decode
 
-_ROOM_COLUMNS = ("room_id", *ROOM_FIELDS, "display_name")
-_MESSAGE_COLUMNS = "event_id, room_id, sender, body, ts, status, txn_id, msgtype"
+_ROOM_COLUMNS = (
+    "room_id",
+    *ROOM_FIELDS,
+    "is_direct",
+    "direct_user",
+    "read_receipt",
+    "unread_count",
+    "display_name",
+)
+_MESSAGE_COLUMNS = (
+    "event_id, room_id, sender, body, ts, status, txn_id, msgtype, type, state_key, "
+    "display, edited, redacted, reactions, my_reactions, reply_to, thread_root, "
+    "thread_count, thread_latest"
+)
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _message_from_row(row: tuple[Any, ...]) -> MessageInfo:
+    display = _unpack_dict(row[10])
+    fmt = _str_or_none(display.get("format"))
     return MessageInfo(
         event_id=row[0],
         room_id=row[1],
@@ -75,7 +119,78 @@ def _message_from_row(row: tuple[Any, ...]) -> MessageInfo:
         status=row[5],
         txn_id=row[6],
         msgtype=row[7],
+        type=row[8],
+        state_key=row[9],
+        format=fmt,
+        formatted_body=_str_or_none(display.get("formatted_body")) if fmt else None,
+        edited=bool(row[11]),
+        redacted=bool(row[12]),
+        reactions=json.loads(row[13]) if row[13] else {},
+        my_reactions=json.loads(row[14]) if row[14] else [],
+        reply_to=row[15],
+        thread_root=row[16],
+        thread_count=row[17],
+        thread_latest=row[18],
+        content=display,
+        encrypted=row[8] == "m.room.encrypted",
     )
+
+
+def _room_info(r: dict[str, Any]) -> RoomInfo:
+    return RoomInfo(
+        room_id=r["room_id"],
+        name=r["display_name"] or "Empty room",
+        topic=r["topic"],
+        is_encrypted=bool(r["is_encrypted"]),
+        member_count=r["joined_count"] or 0,
+        unread_count=r["unread_count"] or 0,
+        membership=r["membership"],
+        avatar_url=r["avatar_url"],
+        join_rule=r["join_rule"],
+        notification_count=r["notification_count"] or 0,
+        highlight_count=r["highlight_count"] or 0,
+        tags=json.loads(r["tags"]) if r["tags"] else [],
+        is_direct=bool(r["is_direct"]),
+        direct_user=r["direct_user"],
+        inviter=r["inviter"],
+        successor=r["successor"],
+        predecessor=r["predecessor"],
+        fully_read=r["fully_read"],
+        read_receipt=r["read_receipt"],
+    )
+
+
+_EMPTY_ROOM: dict[str, Any] = {c: None for c in _ROOM_COLUMNS} | {
+    "membership": "join",
+    "is_encrypted": 0,
+    "joined_count": 0,
+    "invited_count": 0,
+    "notification_count": 0,
+    "highlight_count": 0,
+    "is_direct": 0,
+    "unread_count": 0,
+}
+
+
+@dataclass(slots=True)
+class Gap:
+    gap_id: int
+    room_id: str
+    token: str
+    upper_pos: int
+    after_id: str | None
+    before_id: str | None
+
+
+@dataclass(slots=True)
+class _Work:
+    """What one write transaction touched, to derive and log once at the end."""
+
+    added: list[int]
+    touched_targets: set[str]
+    rooms: dict[str, dict[str, Any] | None]  # room row before the transaction
+    #: Rows that changed outside their display (a local echo reconciled).
+    changed: set[int] = dataclasses.field(default_factory=set)
 
 
 class Cache:
@@ -179,11 +294,14 @@ class Cache:
         return value if isinstance(value, str) else None
 
     def apply_sync(self, plan: SyncPlan) -> list[LoggedEvent]:
+        """Apply one /sync response, with its token, in ONE transaction."""
         with self._transaction() as events:
-            for patch in plan.rooms:
-                self._apply_room_patch(events, patch.room_id, patch.changes)
-            for msg in plan.messages:
-                self._apply_message(events, msg)
+            work = _Work(added=[], touched_targets=set(), rooms={})
+            for room in plan.rooms:
+                self._apply_room_sync(events, work, room)
+            if plan.direct is not None:
+                self._apply_direct(work, plan.direct)
+            self._finish(events, work)
             self._conn.execute(
                 "INSERT INTO meta(key, value) VALUES ('next_batch', ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -194,99 +312,484 @@ class Cache:
     def note_joined(self, room_id: str) -> list[LoggedEvent]:
         """A join answered by the server: show the room now, sync fills it in."""
         with self._transaction() as events:
-            self._apply_room_patch(events, room_id, {"membership": "join"})
+            work = _Work(added=[], touched_targets=set(), rooms={})
+            self._patch_room(work, room_id, {"membership": "join"})
+            self._finish(events, work)
         return events
 
-    def _apply_room_patch(
-        self, events: list[LoggedEvent], room_id: str, changes: dict[str, Any]
-    ) -> None:
+    # ----------------------------------------------------------------- rooms
+
+    def _room_row(self, room_id: str) -> dict[str, Any] | None:
         row = self._one(
             f"SELECT {', '.join(_ROOM_COLUMNS)} FROM rooms WHERE room_id = ?", (room_id,)
         )
-        if row is None:
-            current: dict[str, Any] = {
-                "room_id": room_id,
-                "membership": "join",
-                "name": None,
-                "canonical_alias": None,
-                "topic": None,
-                "is_encrypted": 0,
-                "joined_count": 0,
-                "invited_count": 0,
-                "heroes": None,
-                "unread_count": 0,
-                "display_name": None,
-            }
-        else:
-            current = dict(zip(_ROOM_COLUMNS, row, strict=True))
-        before = dict(current)
+        return None if row is None else dict(zip(_ROOM_COLUMNS, row, strict=True))
+
+    def _remember_room(self, work: _Work, room_id: str) -> dict[str, Any]:
+        """The room's row now, remembering how it was when the transaction began."""
+        current = self._room_row(room_id)
+        if room_id not in work.rooms:
+            work.rooms[room_id] = None if current is None else dict(current)
+        return current if current is not None else dict(_EMPTY_ROOM, room_id=room_id)
+
+    def _write_room(self, row: dict[str, Any]) -> None:
+        self._conn.execute(
+            f"INSERT OR REPLACE INTO rooms({', '.join(_ROOM_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(_ROOM_COLUMNS))})",
+            tuple(row[c] for c in _ROOM_COLUMNS),
+        )
+
+    def _patch_room(self, work: _Work, room_id: str, changes: dict[str, Any]) -> None:
+        current = self._remember_room(work, room_id)
         for key, value in changes.items():
-            if key == "heroes":
+            if key in ("heroes", "tags"):
                 value = json.dumps(value)
             elif key == "is_encrypted":
                 value = int(bool(value) or bool(current["is_encrypted"]))
             current[key] = value
-        current["display_name"] = room_display_name(
-            name=current["name"],
-            canonical_alias=current["canonical_alias"],
-            heroes=json.loads(current["heroes"]) if current["heroes"] else None,
-            joined_count=current["joined_count"] or 0,
-            invited_count=current["invited_count"] or 0,
+        self._write_room(current)
+
+    def _derive_room(self, row: dict[str, Any]) -> None:
+        """Display name and unread count, from the room's stored inputs."""
+        heroes = json.loads(row["heroes"]) if row["heroes"] else None
+        hero_names: dict[str, str] = {}
+        if heroes:
+            marks = ", ".join("?" * len(heroes[:5]))
+            for user_id, name in self._all(
+                f"SELECT user_id, display_name FROM members WHERE room_id = ? "
+                f"AND user_id IN ({marks}) AND display_name IS NOT NULL",
+                (row["room_id"], *heroes[:5]),
+            ):
+                hero_names[user_id] = name
+        row["display_name"] = room_display_name(
+            name=row["name"],
+            canonical_alias=row["canonical_alias"],
+            heroes=heroes,
+            joined_count=row["joined_count"] or 0,
+            invited_count=row["invited_count"] or 0,
             own_user_id=self._own_user_id,
+            hero_names=hero_names,
         )
-        if current == before:
+        row["unread_count"] = self._unread(row)
+
+    def _unread(self, row: dict[str, Any]) -> int:
+        """Messages from others after the own read receipt, when it is known."""
+        receipt = row["read_receipt"]
+        pos = (
+            self._scalar("SELECT pos FROM messages WHERE event_id = ?", (receipt,))
+            if receipt
+            else None
+        )
+        if pos is None:
+            return int(row["notification_count"] or 0)
+        marks = ", ".join("?" * len(MESSAGE_ROWS))
+        return int(
+            self._scalar(
+                f"SELECT count(*) FROM messages WHERE room_id = ? AND pos > ? "
+                f"AND sender != ? AND redacted = 0 AND type IN ({marks}) "
+                "AND thread_root IS NULL",
+                (row["room_id"], pos, self._own_user_id, *sorted(MESSAGE_ROWS)),
+            )
+            or 0
+        )
+
+    def _apply_direct(self, work: _Work, direct: dict[str, list[str]]) -> None:
+        wanted = {room_id: user for user, rooms in direct.items() for room_id in rooms}
+        current = {
+            r[0]: r[1]
+            for r in self._all("SELECT room_id, direct_user FROM rooms WHERE is_direct = 1")
+        }
+        for room_id in set(current) - set(wanted):
+            self._patch_room(work, room_id, {"is_direct": 0, "direct_user": None})
+        for room_id, user in wanted.items():
+            if current.get(room_id) != user and self._room_row(room_id) is not None:
+                self._patch_room(work, room_id, {"is_direct": 1, "direct_user": user})
+        self._conn.execute(
+            "INSERT INTO meta(key, value) VALUES ('m.direct', ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (json.dumps(direct),),
+        )
+
+    def _apply_room_sync(self, events: list[LoggedEvent], work: _Work, room: RoomSync) -> None:
+        room_id = room.room_id
+        was_known = self._room_row(room_id) is not None
+        changes = dict(room.changes)
+        if not was_known:
+            # A room that shows up after m.direct named it is a direct chat.
+            direct = self._scalar("SELECT value FROM meta WHERE key = 'm.direct'")
+            if direct:
+                for user, rooms in json.loads(direct).items():
+                    if room_id in rooms:
+                        changes["is_direct"], changes["direct_user"] = 1, user
+        self._patch_room(work, room_id, changes)
+        for member in room.members:
+            self._upsert_member(events, room_id, member)
+        had_rows = self._scalar("SELECT 1 FROM messages WHERE room_id = ? LIMIT 1", (room_id,))
+        first_new: tuple[int, str] | None = None
+        latest_before = self._one(
+            "SELECT event_id FROM messages WHERE room_id = ? AND event_id IS NOT NULL "
+            "ORDER BY pos DESC LIMIT 1",
+            (room_id,),
+        )
+        saw_create = False
+        for item in room.items:
+            saw_create = saw_create or item.type == "m.room.create"
+            placed = self._store_item(work, item, pos=None)
+            if placed is not None and first_new is None:
+                first_new = placed
+        # A cut-short timeline, or a room's first rows, leave history to fetch.
+        if room.prev_batch and (room.limited or not had_rows) and not saw_create:
+            if first_new is not None:
+                upper, before = first_new
+            else:
+                upper, before = self._next_pos(room_id), None
+            self._conn.execute(
+                "INSERT INTO gaps(room_id, token, upper_pos, after_id, before_id) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    room_id,
+                    room.prev_batch,
+                    upper,
+                    latest_before[0] if latest_before else None,
+                    before,
+                ),
+            )
+        for receipt in room.receipts:
+            self._apply_receipt(work, room_id, receipt)
+
+    def _upsert_member(self, events: list[LoggedEvent], room_id: str, m: MemberChange) -> None:
+        before = self._one(
+            "SELECT membership, display_name, avatar_url FROM members "
+            "WHERE room_id = ? AND user_id = ?",
+            (room_id, m.user_id),
+        )
+        if before == (m.membership, m.display_name, m.avatar_url):
             return
         self._conn.execute(
-            f"INSERT OR REPLACE INTO rooms({', '.join(_ROOM_COLUMNS)}) "
-            f"VALUES ({', '.join('?' * len(_ROOM_COLUMNS))})",
-            tuple(current[c] for c in _ROOM_COLUMNS),
+            "INSERT OR REPLACE INTO members(room_id, user_id, membership, display_name, avatar_url) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (room_id, m.user_id, m.membership, m.display_name, m.avatar_url),
         )
-        info = self._room_info(current)
-        if row is None or info != self._room_info(before):
-            self._log(events, RoomUpdated(seq=0, room=info))
-
-    @staticmethod
-    def _room_info(r: dict[str, Any]) -> RoomInfo:
-        return RoomInfo(
-            room_id=r["room_id"],
-            name=r["display_name"] or "Empty room",
-            topic=r["topic"],
-            is_encrypted=bool(r["is_encrypted"]),
-            member_count=r["joined_count"] or 0,
-            unread_count=r["unread_count"] or 0,
-            membership=r["membership"],
+        self._log(
+            events,
+            MemberUpdated(
+                seq=0,
+                member=MemberInfo(
+                    room_id=room_id,
+                    user_id=m.user_id,
+                    membership=m.membership,
+                    display_name=m.display_name,
+                    avatar_url=m.avatar_url,
+                ),
+            ),
         )
 
-    def _apply_message(self, events: list[LoggedEvent], msg: Any) -> None:
-        if msg.txn_id is not None and msg.sender == self._own_user_id:
+    def _apply_receipt(self, work: _Work, room_id: str, r: Receipt) -> None:
+        if r.thread_id not in (None, "main"):
+            return  # thread receipts do not move the room's read position
+        self._conn.execute(
+            "INSERT INTO receipts(room_id, user_id, receipt_type, event_id, ts) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(room_id, user_id, receipt_type) DO UPDATE "
+            "SET event_id = excluded.event_id, ts = excluded.ts WHERE excluded.ts >= receipts.ts",
+            (room_id, r.user_id, r.receipt_type, r.event_id, r.ts),
+        )
+        if r.user_id == self._own_user_id:
+            newest = self._one(
+                "SELECT r.event_id FROM receipts r LEFT JOIN messages m ON m.event_id = r.event_id "
+                "WHERE r.room_id = ? AND r.user_id = ? ORDER BY m.pos DESC NULLS LAST, r.ts DESC "
+                "LIMIT 1",
+                (room_id, r.user_id),
+            )
+            self._patch_room(work, room_id, {"read_receipt": newest[0] if newest else r.event_id})
+
+    # -------------------------------------------------------------- timeline
+
+    def _next_pos(self, room_id: str) -> int:
+        top = self._scalar("SELECT MAX(pos) FROM messages WHERE room_id = ?", (room_id,))
+        return 0 if top is None else int(top) + POS_STRIDE
+
+    def _store_item(
+        self, work: _Work, item: TimelineItem, *, pos: int | None
+    ) -> tuple[int, str] | None:
+        """Store one classified event; returns (pos, event_id) if it added a row.
+
+        ``pos`` None appends after the room's newest row (sync); backfill
+        passes the position under its gap.
+        """
+        if item.redacts is not None:
+            self._conn.execute(
+                "INSERT OR IGNORE INTO redactions(event_id, redacted_by) VALUES (?, ?)",
+                (item.redacts, item.event_id),
+            )
+            self._conn.execute(
+                "UPDATE messages SET redacted = 1 WHERE event_id = ? AND redacted = 0",
+                (item.redacts,),
+            )
+            target = self._scalar(
+                "SELECT target FROM relations WHERE event_id = ?", (item.redacts,)
+            )
+            self._conn.execute(
+                "UPDATE relations SET redacted = 1 WHERE event_id = ?", (item.redacts,)
+            )
+            work.touched_targets.add(item.redacts)
+            if target is not None:
+                work.touched_targets.add(target)
+            return None
+        redacted = item.redacted or (
+            self._scalar("SELECT 1 FROM redactions WHERE event_id = ?", (item.event_id,))
+            is not None
+        )
+        rel = item.relation
+        if rel is not None:
+            self._conn.execute(
+                "INSERT OR IGNORE INTO relations(event_id, room_id, target, rel_type, sender, ts, "
+                "key, new_content, redacted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    rel.event_id,
+                    item.room_id,
+                    rel.target,
+                    rel.rel_type,
+                    rel.sender,
+                    rel.ts,
+                    rel.key,
+                    _pack(rel.new_content) if rel.new_content is not None else None,
+                    int(redacted),
+                ),
+            )
+            work.touched_targets.add(rel.target)
+        if not item.visible:
+            return None
+        if item.txn_id is not None and item.sender == self._own_user_id:
             row = self._one(
-                "SELECT ord, event_id, status FROM messages WHERE txn_id = ?", (msg.txn_id,)
+                "SELECT ord, event_id, status FROM messages WHERE txn_id = ?", (item.txn_id,)
             )
             if row is not None:
                 # Our own local echo came back: reconcile, never duplicate.
                 ord_, event_id, status = row
-                if event_id == msg.event_id and status == "sent":
-                    return
-                self._conn.execute(
-                    "UPDATE messages SET event_id = ?, ts = ?, status = 'sent' WHERE ord = ?",
-                    (msg.event_id, msg.ts, ord_),
-                )
-                self._conn.execute("DELETE FROM outbox WHERE txn_id = ?", (msg.txn_id,))
-                self._log(events, MessageUpdated(seq=0, message=self._message_by_ord(ord_)))
-                return
-        cur = self._one(
-            "INSERT INTO messages(event_id, room_id, sender, body, ts, status, txn_id, msgtype) "
-            "VALUES (?, ?, ?, ?, ?, 'sent', ?, ?) ON CONFLICT(event_id) DO NOTHING "
-            "RETURNING ord",
-            (msg.event_id, msg.room_id, msg.sender, msg.body, msg.ts, msg.txn_id, msg.msgtype),
+                if event_id != item.event_id or status != "sent":
+                    self._conn.execute(
+                        "UPDATE messages SET event_id = ?, ts = ?, status = 'sent', content = ? "
+                        "WHERE ord = ?",
+                        (item.event_id, item.ts, _pack(item.content), ord_),
+                    )
+                    self._conn.execute("DELETE FROM outbox WHERE txn_id = ?", (item.txn_id,))
+                    work.touched_targets.add(item.event_id)
+                    work.changed.add(ord_)
+                return None
+        if pos is None:
+            pos = self._next_pos(item.room_id)
+        inserted = self._one(
+            "INSERT INTO messages(room_id, pos, event_id, txn_id, type, state_key, sender, ts, "
+            "status, content, prev_content, redacted, reply_to, thread_root, body, msgtype, "
+            "display) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'sent', ?, ?, ?, ?, ?, '', NULL, x'80') "
+            "ON CONFLICT(event_id) DO NOTHING RETURNING ord",
+            (
+                item.room_id,
+                pos,
+                item.event_id,
+                item.txn_id if item.sender == self._own_user_id else None,
+                item.type,
+                item.state_key,
+                item.sender,
+                item.ts,
+                _pack(item.content),
+                _pack(item.prev_content) if item.prev_content is not None else None,
+                int(redacted),
+                item.reply_to,
+                item.thread_root,
+            ),
         )
-        if cur is not None:
-            self._log(events, MessageAdded(seq=0, message=self._message_by_ord(cur[0])))
+        if inserted is None:
+            return None
+        work.added.append(inserted[0])
+        return pos, item.event_id
+
+    def _derive_message(self, ord_: int) -> bool:
+        """Recompute a row's display from its original and its relations.
+
+        Returns whether anything a UI sees changed.
+        """
+        row = self._one(
+            "SELECT event_id, type, sender, state_key, content, prev_content, redacted, "
+            "body, msgtype, display, edited, reactions, my_reactions, thread_count, "
+            "thread_latest, room_id FROM messages WHERE ord = ?",
+            (ord_,),
+        )
+        assert row is not None, "a message row vanished inside its own transaction"
+        (event_id, type_, sender, state_key, content_b, prev_b, redacted) = row[:7]
+        relations: list[Relation] = []
+        if event_id is not None:
+            for r in self._all(
+                "SELECT event_id, rel_type, sender, ts, key, new_content FROM relations "
+                "WHERE target = ? AND redacted = 0",
+                (event_id,),
+            ):
+                relations.append(
+                    Relation(
+                        event_id=r[0],
+                        target=event_id,
+                        rel_type=r[1],
+                        sender=r[2],
+                        ts=r[3],
+                        key=r[4],
+                        new_content=_unpack_dict(r[5]) if r[5] is not None else None,
+                    )
+                )
+        display = aggregate(
+            event_type=type_,
+            sender=sender,
+            content=_unpack_dict(content_b),
+            redacted=bool(redacted),
+            relations=relations,
+            own_user_id=self._own_user_id,
+        )
+        names: dict[str, str] = {}
+        if type_ not in MESSAGE_ROWS:
+            for user_id, name in self._all(
+                "SELECT user_id, display_name FROM members WHERE room_id = ? AND user_id IN (?, ?) "
+                "AND display_name IS NOT NULL",
+                (row[15], sender, state_key or sender),
+            ):
+                names[user_id] = name
+        body = summarize(
+            event_type=type_,
+            sender=sender,
+            state_key=state_key,
+            content=display.content,
+            prev_content=_unpack_dict(prev_b) if prev_b is not None else None,
+            redacted=display.redacted,
+            names=names,
+        )
+        msgtype = _str_or_none(display.content.get("msgtype")) if type_ in MESSAGE_ROWS else None
+        derived = (
+            body,
+            msgtype,
+            _pack(display.content),
+            int(display.edited),
+            json.dumps(display.reactions) if display.reactions else None,
+            json.dumps(display.my_reactions) if display.my_reactions else None,
+            display.thread_count,
+            display.thread_latest,
+        )
+        if tuple(row[7:15]) == derived:
+            return False
+        self._conn.execute(
+            "UPDATE messages SET body = ?, msgtype = ?, display = ?, edited = ?, reactions = ?, "
+            "my_reactions = ?, thread_count = ?, thread_latest = ? WHERE ord = ?",
+            (*derived, ord_),
+        )
+        return True
+
+    def _finish(self, events: list[LoggedEvent], work: _Work) -> None:
+        """Derive what the transaction touched, then log it: rooms, then rows.
+
+        A UI so learns of a new room before its first messages.
+        """
+        added = set(work.added)
+        for ord_ in work.added:
+            self._derive_message(ord_)
+        updated: list[int] = []
+        for target in sorted(work.touched_targets):
+            row = self._one("SELECT ord FROM messages WHERE event_id = ?", (target,))
+            if row is None or row[0] in added:
+                continue
+            if self._derive_message(row[0]) or row[0] in work.changed:
+                updated.append(row[0])
+        touched_rooms = set(work.rooms)
+        if work.added:
+            marks = ", ".join("?" * len(work.added))
+            touched_rooms.update(
+                r[0]
+                for r in self._all(
+                    f"SELECT DISTINCT room_id FROM messages WHERE ord IN ({marks})",
+                    tuple(work.added),
+                )
+            )
+        for room_id in sorted(touched_rooms):
+            current = self._room_row(room_id)
+            if current is None:
+                continue
+            if room_id not in work.rooms:
+                work.rooms[room_id] = dict(current)
+            before = work.rooms[room_id]
+            self._derive_room(current)
+            self._write_room(current)
+            if before is None or _room_info(current) != _room_info(before):
+                self._log(events, RoomUpdated(seq=0, room=_room_info(current)))
+        for ord_ in updated:
+            self._log(events, MessageUpdated(seq=0, message=self._message_by_ord(ord_)))
+        for ord_ in work.added:
+            self._log(events, MessageAdded(seq=0, message=self._message_by_ord(ord_)))
 
     def _message_by_ord(self, ord_: int) -> MessageInfo:
         row = self._one(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE ord = ?", (ord_,))
         assert row is not None, "a message row vanished inside its own transaction"
         return _message_from_row(row)
+
+    # -------------------------------------------------------------- backfill
+
+    def newest_gap(self, room_id: str) -> Gap | None:
+        row = self._one(
+            "SELECT gap_id, room_id, token, upper_pos, after_id, before_id FROM gaps "
+            "WHERE room_id = ? ORDER BY upper_pos DESC LIMIT 1",
+            (room_id,),
+        )
+        return None if row is None else Gap(*row)
+
+    def apply_backfill(
+        self,
+        gap: Gap,
+        items: Iterable[TimelineItem | None],
+        members: Iterable[MemberChange],
+        end: str | None,
+    ) -> tuple[list[LoggedEvent], int, bool]:
+        """Store one /messages page (newest first) under ``gap``, in one transaction.
+
+        Returns the events to publish, how many rows were added, and whether
+        the gap is closed (history joined up, or the room's start reached).
+        """
+        with self._transaction() as events:
+            work = _Work(added=[], touched_targets=set(), rooms={})
+            upper = gap.upper_pos
+            closed = end is None
+            fetched = 0
+            for item in items:
+                fetched += 1
+                if item is None:
+                    continue
+                if item.type == "m.room.create":
+                    closed = True
+                if item.visible and (
+                    self._scalar("SELECT 1 FROM messages WHERE event_id = ?", (item.event_id,))
+                    is not None
+                ):
+                    closed = True  # reached history we already have
+                    break
+                pos = upper - 1 if item.visible else None
+                placed = self._store_item(work, item, pos=pos if pos is not None else upper)
+                if placed is not None:
+                    upper = placed[0]
+            for m in members:
+                # Historical member events never overwrite what sync said.
+                self._conn.execute(
+                    "INSERT OR IGNORE INTO members(room_id, user_id, membership, display_name, "
+                    "avatar_url) VALUES (?, ?, ?, ?, ?)",
+                    (gap.room_id, m.user_id, m.membership, m.display_name, m.avatar_url),
+                )
+            if fetched == 0:
+                closed = True
+            if closed:
+                self._conn.execute("DELETE FROM gaps WHERE gap_id = ?", (gap.gap_id,))
+            else:
+                assert end is not None
+                self._conn.execute(
+                    "UPDATE gaps SET token = ?, upper_pos = ? WHERE gap_id = ?",
+                    (end, upper, gap.gap_id),
+                )
+            work.rooms.setdefault(gap.room_id, self._room_row(gap.room_id))
+            self._finish(events, work)
+            added = len(work.added)
+        return events, added, closed
 
     # ----------------------------------------------------------------- reads
 
@@ -295,7 +798,7 @@ class Cache:
             f"SELECT {', '.join(_ROOM_COLUMNS)} FROM rooms "
             "WHERE membership IN ('join', 'invite') ORDER BY display_name, room_id"
         )
-        return [self._room_info(dict(zip(_ROOM_COLUMNS, r, strict=True))) for r in rows]
+        return [_room_info(dict(zip(_ROOM_COLUMNS, r, strict=True))) for r in rows]
 
     def has_room(self, room_id: str) -> bool:
         return self._scalar("SELECT 1 FROM rooms WHERE room_id = ?", (room_id,)) is not None
@@ -307,14 +810,41 @@ class Cache:
         value = self._scalar("SELECT membership FROM rooms WHERE room_id = ?", (room_id,))
         return value if isinstance(value, str) else None
 
-    def messages(self, room_id: str, limit: int) -> list[MessageInfo]:
+    def messages(self, room_id: str, limit: int) -> tuple[list[MessageInfo], list[GapInfo]]:
+        """The newest ``limit`` rows, oldest first, and the gaps among them."""
         if not self.has_room(room_id):
             raise UnknownRoomError("no such room in the cache", details={"room_id": room_id})
         rows = self._all(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE room_id = ? ORDER BY ord DESC LIMIT ?",
+            f"SELECT {_MESSAGE_COLUMNS}, pos FROM messages WHERE room_id = ? "
+            "ORDER BY pos DESC LIMIT ?",
             (room_id, limit),
         )
-        return [_message_from_row(r) for r in reversed(rows)]
+        rows.reverse()
+        lowest = rows[0][-1] if rows and len(rows) == limit else None
+        gaps = [
+            GapInfo(after=r[0], before=r[1])
+            for r in self._all(
+                "SELECT after_id, before_id FROM gaps WHERE room_id = ? AND upper_pos > ? "
+                "ORDER BY upper_pos",
+                (room_id, lowest if lowest is not None else -(1 << 62)),
+            )
+        ]
+        return [_message_from_row(r[:-1]) for r in rows], gaps
+
+    def members(self, room_id: str, *, include_left: bool = False) -> list[MemberInfo]:
+        if not self.has_room(room_id):
+            raise UnknownRoomError("no such room in the cache", details={"room_id": room_id})
+        where = "" if include_left else " AND membership IN ('join', 'invite')"
+        return [
+            MemberInfo(
+                room_id=room_id, user_id=r[0], membership=r[1], display_name=r[2], avatar_url=r[3]
+            )
+            for r in self._all(
+                "SELECT user_id, membership, display_name, avatar_url FROM members "
+                f"WHERE room_id = ?{where} ORDER BY COALESCE(display_name, user_id), user_id",
+                (room_id,),
+            )
+        ]
 
     def changes_since(self, seq: int, limit: int) -> ChangesResult:
         last = self._last_seq
@@ -342,17 +872,31 @@ class Cache:
             raise UnknownRoomError(
                 "no such room in the cache (join it first)", details={"room_id": room_id}
             )
+        content = {"msgtype": msgtype, "body": body}
         with self._transaction() as events:
-            ord_ = self._one(
-                "INSERT INTO messages(event_id, room_id, sender, body, ts, status, txn_id, msgtype) "
-                "VALUES (NULL, ?, ?, ?, ?, 'pending', ?, ?) RETURNING ord",
-                (room_id, self._own_user_id, body, ts, txn_id, msgtype),
-            )[0]  # type: ignore[index]
+            row = self._one(
+                "INSERT INTO messages(room_id, pos, event_id, txn_id, type, sender, ts, status, "
+                "content, body, msgtype, display) "
+                "VALUES (?, ?, NULL, ?, 'm.room.message', ?, ?, 'pending', ?, ?, ?, ?) "
+                "RETURNING ord",
+                (
+                    room_id,
+                    self._next_pos(room_id),
+                    txn_id,
+                    self._own_user_id,
+                    ts,
+                    _pack(content),
+                    body,
+                    msgtype,
+                    _pack(content),
+                ),
+            )
+            assert row is not None
             self._conn.execute(
                 "INSERT INTO outbox(txn_id, room_id, state, attempts) VALUES (?, ?, 'queued', 0)",
                 (txn_id, room_id),
             )
-            self._log(events, MessageAdded(seq=0, message=self._message_by_ord(ord_)))
+            self._log(events, MessageAdded(seq=0, message=self._message_by_ord(row[0])))
         return events
 
     def outbox_items(self) -> list[OutboxItem]:
@@ -399,7 +943,10 @@ class Cache:
                 "UPDATE messages SET event_id = ?, status = 'sent' WHERE ord = ?",
                 (event_id, row[0]),
             )
+            work = _Work(added=[], touched_targets={event_id}, rooms={})
+            self._derive_message(row[0])
             self._log(events, MessageUpdated(seq=0, message=self._message_by_ord(row[0])))
+            self._finish(events, work)
         return events
 
     def mark_failed(self, txn_id: str, reason: str) -> list[LoggedEvent]:

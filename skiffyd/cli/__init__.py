@@ -187,9 +187,55 @@ def messages(
     if as_json:
         _print_json(result.messages)
         return
+    if result.gaps and result.gaps[0].before == (
+        result.messages[0].event_id if result.messages else None
+    ):
+        print("… earlier history not fetched yet: `skiffyd backfill ROOM`")
     for m in result.messages:
-        mark = "" if m.status == "sent" else f" ({m.status})"
-        print(f"{_fmt_ts(m.ts)} {m.sender}: {m.body}{mark}")
+        marks: list[str] = [m.status] if m.status != "sent" else []
+        marks += ["edited"] if m.edited else []
+        marks += [f"{k} {n}" for k, n in m.reactions.items()]
+        marks += [f"{m.thread_count} replies"] if m.thread_count else []
+        tail = f" ({', '.join(marks)})" if marks else ""
+        if m.type == "m.room.message" or m.type == "m.room.encrypted":
+            print(f"{_fmt_ts(m.ts)} {m.sender}: {m.body}{tail}")
+        else:
+            print(f"{_fmt_ts(m.ts)} * {m.body}{tail}")
+
+
+@app.command()
+def members(
+    room: Annotated[str, typer.Argument(help="The room id")],
+    include_left: Annotated[
+        bool, typer.Option("--all", help="Include who left or was banned")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """A room's members, from the cache."""
+    result = _request(wire.Members(room_id=room, all=include_left), wire.MembersResult)
+    if as_json:
+        _print_json(result.members)
+        return
+    for mb in result.members:
+        name = f" ({mb.display_name})" if mb.display_name else ""
+        print(f"{mb.user_id}{name} {mb.membership}")
+
+
+@app.command()
+def backfill(
+    room: Annotated[str, typer.Argument(help="The room id")],
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="Events to fetch at most")] = 100,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fetch earlier history from the homeserver into the cache."""
+    result = _request(wire.Backfill(room_id=room, limit=limit), wire.BackfillResult, timeout=300.0)
+    if as_json:
+        data = msgspec.to_builtins(result)
+        data.pop("type", None)
+        _print_json(data)
+        return
+    more = "the room's start reached" if result.reached_start else "more history remains"
+    print(f"{result.added} messages added ({result.fetched} events fetched); {more}")
 
 
 @app.command()
@@ -213,8 +259,13 @@ def _describe(event: wire.Event) -> str:
             return f"#{event.seq} {verb} {m.room_id} {m.sender}: {m.body} ({m.status})"
         case wire.RoomUpdated(room=r):
             return f"#{event.seq} room {r.room_id} {r.name} ({r.membership})"
+        case wire.MemberUpdated(member=mb):
+            return f"#{event.seq} member {mb.room_id} {mb.user_id} {mb.membership}"
         case wire.SessionStateChanged():
             return f"-- session {event.state}"
+        case wire.Typing():
+            who = ", ".join(event.user_ids) or "nobody"
+            return f"-- typing in {event.room_id}: {who}"
 
 
 @app.command()

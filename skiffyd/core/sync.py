@@ -3,21 +3,25 @@
 Theory of operation
 -------------------
 :func:`plan_sync` turns one decoded :class:`~skiffyd.core.wire.SyncResponse`
-into a :class:`SyncPlan`: per-room patches (only the fields this response
-says something about), the new messages in timeline order, and the
-``next_batch`` token. It reads nothing and writes nothing; the cache applies
-the whole plan in ONE transaction together with ``next_batch`` and the
-change-log rows, so after a crash the daemon resumes from a token whose
-events are all stored.
+into a :class:`SyncPlan`: per room a :class:`RoomSync` (room fields this
+response says something about, member changes, timeline items in order,
+receipts, typing, and whether the timeline was cut short), the account's
+``m.direct`` map if it changed, and the ``next_batch`` token. It reads
+nothing and writes nothing; the cache applies the whole plan in ONE
+transaction together with ``next_batch`` and the change-log rows, so after a
+crash the daemon resumes from a token whose events are all stored.
 
 A room's display name is derived, not stored by the server: the cache keeps
-the inputs (name, canonical alias, heroes, member counts) and calls
-:func:`room_display_name` after merging a patch. This follows the spec's
-order: ``m.room.name``, then ``m.room.canonical_alias``, then heroes, then
-"Empty room".
+the inputs (name, canonical alias, heroes and their member names, member
+counts) and calls :func:`room_display_name` after merging. This follows the
+spec's order: ``m.room.name``, then ``m.room.canonical_alias``, then heroes,
+then "Empty room".
 
-Own messages sent through the outbox come back in sync with
-``unsigned.transaction_id``; the plan carries it so the cache reconciles the
+A limited timeline (or a room's first sync) leaves a gap before its first
+event, with ``prev_batch`` as the token to backfill it from ``/messages``.
+
+Own messages sent through the outbox come back with
+``unsigned.transaction_id``; the items carry it so the cache reconciles the
 local echo instead of adding the message twice.
 """
 
@@ -26,145 +30,227 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from skiffyd.core.wire import ClientEvent, StrippedStateEvent, SyncResponse
+from skiffyd.core.timeline import TimelineItem, classify
 
-#: Room row fields a patch may set.
+if TYPE_CHECKING:
+    from skiffyd.core.wire import BasicEvent, ClientEvent, StrippedStateEvent, SyncResponse
+
+#: Room row fields a sync may set.
 ROOM_FIELDS = (
     "membership",
     "name",
     "canonical_alias",
     "topic",
+    "avatar_url",
+    "join_rule",
     "is_encrypted",
     "joined_count",
     "invited_count",
     "heroes",
-    "unread_count",
+    "notification_count",
+    "highlight_count",
+    "tags",
+    "fully_read",
+    "inviter",
+    "successor",
+    "predecessor",
 )
 
 
-@dataclass(slots=True)
-class RoomPatch:
-    room_id: str
-    changes: dict[str, Any] = field(default_factory=dict)
+@dataclass(slots=True, frozen=True)
+class MemberChange:
+    user_id: str
+    membership: str
+    display_name: str | None
+    avatar_url: str | None
 
 
 @dataclass(slots=True, frozen=True)
-class NewMessage:
-    room_id: str
+class Receipt:
+    user_id: str
+    receipt_type: str  # m.read | m.read.private
     event_id: str
-    sender: str
-    body: str
     ts: int
-    msgtype: str
-    txn_id: str | None
+    thread_id: str | None = None
+
+
+@dataclass(slots=True)
+class RoomSync:
+    room_id: str
+    changes: dict[str, Any] = field(default_factory=dict)
+    members: list[MemberChange] = field(default_factory=list)
+    items: list[TimelineItem] = field(default_factory=list)
+    limited: bool = False
+    prev_batch: str | None = None
+    receipts: list[Receipt] = field(default_factory=list)
+    typing: list[str] | None = None
+
+
+#: Kept for callers that only patch room fields.
+RoomPatch = RoomSync
 
 
 @dataclass(slots=True)
 class SyncPlan:
     next_batch: str
-    rooms: list[RoomPatch]
-    messages: list[NewMessage]
+    rooms: list[RoomSync]
+    direct: dict[str, list[str]] | None = None
 
     @property
     def event_count(self) -> int:
-        return len(self.messages)
+        return sum(len(r.items) + len(r.members) for r in self.rooms)
 
 
-def _apply_state(
-    changes: dict[str, Any], ev: ClientEvent | StrippedStateEvent, own_user_id: str
-) -> None:
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _apply_state(room: RoomSync, ev: ClientEvent | StrippedStateEvent, own_user_id: str) -> None:
     content = ev.content
     kind = ev.type
-    if kind == "m.room.name" and ev.state_key == "":
-        name = content.get("name")
-        changes["name"] = name if isinstance(name, str) and name else None
-    elif kind == "m.room.topic" and ev.state_key == "":
-        topic = content.get("topic")
-        changes["topic"] = topic if isinstance(topic, str) and topic else None
-    elif kind == "m.room.canonical_alias" and ev.state_key == "":
-        alias = content.get("alias")
-        changes["canonical_alias"] = alias if isinstance(alias, str) and alias else None
-    elif kind == "m.room.encryption" and ev.state_key == "":
+    changes = room.changes
+    if ev.state_key != "" and kind != "m.room.member":
+        return
+    if kind == "m.room.name":
+        changes["name"] = _str(content.get("name"))
+    elif kind == "m.room.topic":
+        changes["topic"] = _str(content.get("topic"))
+    elif kind == "m.room.avatar":
+        changes["avatar_url"] = _str(content.get("url"))
+    elif kind == "m.room.canonical_alias":
+        changes["canonical_alias"] = _str(content.get("alias"))
+    elif kind == "m.room.join_rules":
+        changes["join_rule"] = _str(content.get("join_rule"))
+    elif kind == "m.room.encryption":
         # Encryption can never be turned off again (spec): only ever set True.
         if content.get("algorithm"):
             changes["is_encrypted"] = True
-    elif kind == "m.room.member" and ev.state_key == own_user_id:
-        membership = content.get("membership")
-        if membership in ("join", "invite"):
-            changes["membership"] = membership
-        elif membership in ("leave", "ban"):
-            changes["membership"] = "leave"
+    elif kind == "m.room.tombstone":
+        changes["successor"] = _str(content.get("replacement_room"))
+    elif kind == "m.room.create":
+        predecessor = content.get("predecessor")
+        if isinstance(predecessor, dict):
+            changes["predecessor"] = _str(predecessor.get("room_id"))
+    elif kind == "m.room.member" and ev.state_key:
+        membership = _str(content.get("membership")) or "leave"
+        room.members.append(
+            MemberChange(
+                user_id=ev.state_key,
+                membership=membership,
+                display_name=_str(content.get("displayname")),
+                avatar_url=_str(content.get("avatar_url")),
+            )
+        )
+        if ev.state_key == own_user_id:
+            if membership in ("join", "invite"):
+                changes["membership"] = membership
+                if membership == "invite":
+                    changes["inviter"] = ev.sender or None
+            elif membership in ("leave", "ban"):
+                changes["membership"] = "leave"
 
 
-def _message(room_id: str, ev: ClientEvent) -> NewMessage | None:
-    if ev.type != "m.room.message" or ev.event_id is None:
-        return None
-    body = ev.content.get("body")
-    msgtype = ev.content.get("msgtype")
-    if not isinstance(body, str) or not isinstance(msgtype, str):
-        # Redacted or malformed: not a message a UI can show (yet).
-        return None
-    txn_id = ev.unsigned.transaction_id if ev.unsigned is not None else None
-    return NewMessage(
-        room_id=room_id,
-        event_id=ev.event_id,
-        sender=ev.sender,
-        body=body,
-        ts=ev.origin_server_ts,
-        msgtype=msgtype,
-        txn_id=txn_id,
-    )
+def _apply_account_data(room: RoomSync, events: list[BasicEvent]) -> None:
+    for ev in events:
+        if ev.type == "m.tag":
+            tags = ev.content.get("tags")
+            room.changes["tags"] = sorted(tags) if isinstance(tags, dict) else []
+        elif ev.type == "m.fully_read":
+            room.changes["fully_read"] = _str(ev.content.get("event_id"))
+
+
+def _apply_ephemeral(room: RoomSync, events: list[BasicEvent]) -> None:
+    for ev in events:
+        if ev.type == "m.typing":
+            ids = ev.content.get("user_ids")
+            room.typing = [u for u in ids if isinstance(u, str)] if isinstance(ids, list) else []
+        elif ev.type == "m.receipt":
+            for event_id, by_type in ev.content.items():
+                if not isinstance(by_type, dict):
+                    continue
+                for receipt_type, by_user in by_type.items():
+                    if receipt_type not in ("m.read", "m.read.private") or not isinstance(
+                        by_user, dict
+                    ):
+                        continue
+                    for user_id, data in by_user.items():
+                        data = data if isinstance(data, dict) else {}
+                        ts = data.get("ts")
+                        room.receipts.append(
+                            Receipt(
+                                user_id=user_id,
+                                receipt_type=receipt_type,
+                                event_id=event_id,
+                                ts=ts if isinstance(ts, int) else 0,
+                                thread_id=_str(data.get("thread_id")),
+                            )
+                        )
+
+
+def _timeline(room: RoomSync, events: list[ClientEvent], own_user_id: str) -> None:
+    for ev in events:
+        if ev.state_key is not None:
+            _apply_state(room, ev, own_user_id)
+        item = classify(room.room_id, ev)
+        if item is not None:
+            room.items.append(item)
 
 
 def plan_sync(response: SyncResponse, own_user_id: str) -> SyncPlan:
-    rooms: list[RoomPatch] = []
-    messages: list[NewMessage] = []
+    rooms: list[RoomSync] = []
 
     for room_id, joined in response.rooms.join.items():
-        changes: dict[str, Any] = {"membership": "join"}
+        room = RoomSync(room_id, {"membership": "join"})
         for ev in joined.state.events:
-            _apply_state(changes, ev, own_user_id)
-        for ev in joined.timeline.events:
-            if ev.state_key is not None:
-                _apply_state(changes, ev, own_user_id)
-            else:
-                msg = _message(room_id, ev)
-                if msg is not None:
-                    messages.append(msg)
+            _apply_state(room, ev, own_user_id)
+        _timeline(room, joined.timeline.events, own_user_id)
+        room.limited = joined.timeline.limited
+        room.prev_batch = joined.timeline.prev_batch
         summary = joined.summary
         if summary.heroes is not None:
-            changes["heroes"] = list(summary.heroes)
+            room.changes["heroes"] = list(summary.heroes)
         if summary.joined_member_count is not None:
-            changes["joined_count"] = summary.joined_member_count
+            room.changes["joined_count"] = summary.joined_member_count
         if summary.invited_member_count is not None:
-            changes["invited_count"] = summary.invited_member_count
-        if joined.unread_notifications.notification_count is not None:
-            changes["unread_count"] = joined.unread_notifications.notification_count
-        rooms.append(RoomPatch(room_id, changes))
+            room.changes["invited_count"] = summary.invited_member_count
+        counts = joined.unread_notifications
+        if counts.notification_count is not None:
+            room.changes["notification_count"] = counts.notification_count
+        if counts.highlight_count is not None:
+            room.changes["highlight_count"] = counts.highlight_count
+        _apply_account_data(room, joined.account_data.events)
+        _apply_ephemeral(room, joined.ephemeral.events)
+        # Our own join arrives in the timeline or state; a room we are in is joined.
+        room.changes["membership"] = "join"
+        rooms.append(room)
 
     for room_id, invited in response.rooms.invite.items():
-        changes = {}
+        room = RoomSync(room_id)
         for sev in invited.invite_state.events:
-            _apply_state(changes, sev, own_user_id)
-        changes["membership"] = "invite"
-        rooms.append(RoomPatch(room_id, changes))
+            _apply_state(room, sev, own_user_id)
+        room.changes["membership"] = "invite"
+        rooms.append(room)
 
     for room_id, left in response.rooms.leave.items():
-        changes = {}
+        room = RoomSync(room_id)
         for ev in left.state.events:
-            _apply_state(changes, ev, own_user_id)
-        for ev in left.timeline.events:
-            if ev.state_key is not None:
-                _apply_state(changes, ev, own_user_id)
-            else:
-                msg = _message(room_id, ev)
-                if msg is not None:
-                    messages.append(msg)
-        changes["membership"] = "leave"
-        rooms.append(RoomPatch(room_id, changes))
+            _apply_state(room, ev, own_user_id)
+        _timeline(room, left.timeline.events, own_user_id)
+        room.limited = left.timeline.limited
+        room.prev_batch = left.timeline.prev_batch
+        _apply_account_data(room, left.account_data.events)
+        room.changes["membership"] = "leave"
+        rooms.append(room)
 
-    return SyncPlan(next_batch=response.next_batch, rooms=rooms, messages=messages)
+    direct: dict[str, list[str]] | None = None
+    for account_ev in response.account_data.events:
+        if account_ev.type == "m.direct":
+            direct = {
+                user: [r for r in room_ids if isinstance(r, str)]
+                for user, room_ids in account_ev.content.items()
+                if isinstance(room_ids, list)
+            }
+    return SyncPlan(next_batch=response.next_batch, rooms=rooms, direct=direct)
 
 
 def _localpart(user_id: str) -> str:
@@ -179,11 +265,12 @@ def room_display_name(
     joined_count: int,
     invited_count: int,
     own_user_id: str,
+    hero_names: dict[str, str] | None = None,
 ) -> str:
-    """The spec's room name algorithm, with heroes shown by localpart.
+    """The spec's room name algorithm.
 
-    Member display names arrive with lazy-loaded members (a later step);
-    until then the localpart is what a person recognises.
+    Heroes are shown by their display name when the cache has their member
+    event (lazy-loading sends it with the summary), else by localpart.
     """
     if name:
         return name
@@ -191,12 +278,11 @@ def room_display_name(
         return canonical_alias
     others = [h for h in (heroes or []) if h != own_user_id]
     if others:
-        names = [_localpart(h) for h in others[:5]]
+        names = [(hero_names or {}).get(h) or _localpart(h) for h in others[:5]]
         remaining = max(0, joined_count + invited_count - 1 - len(names))
-        text = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
         if remaining > 0:
-            text = ", ".join(names) + f" and {remaining} others"
-        return text
+            return ", ".join(names) + f" and {remaining} others"
+        return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     if joined_count + invited_count > 1:
         return f"{joined_count + invited_count - 1} others"
     return "Empty room"

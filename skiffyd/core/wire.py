@@ -18,6 +18,9 @@ import msgspec
 class UnsignedData(msgspec.Struct, kw_only=True):
     transaction_id: str | None = None
     age: int | None = None
+    prev_content: dict[str, Any] | None = None
+    #: Set when the server already redacted the event (its content is stripped).
+    redacted_because: dict[str, Any] | None = None
 
 
 class ClientEvent(msgspec.Struct, kw_only=True):
@@ -30,6 +33,8 @@ class ClientEvent(msgspec.Struct, kw_only=True):
     origin_server_ts: int = 0
     state_key: str | None = None
     unsigned: UnsignedData | None = None
+    #: m.room.redaction before room version 11 (v11 moved it into content).
+    redacts: str | None = None
 
 
 class StrippedStateEvent(msgspec.Struct, kw_only=True):
@@ -60,11 +65,24 @@ class UnreadNotifications(msgspec.Struct, kw_only=True):
     highlight_count: int | None = None
 
 
+class BasicEvent(msgspec.Struct, kw_only=True):
+    """Account data and ephemeral events: a type and a content."""
+
+    type: str
+    content: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class BasicEventList(msgspec.Struct, kw_only=True):
+    events: list[BasicEvent] = msgspec.field(default_factory=list)
+
+
 class JoinedRoom(msgspec.Struct, kw_only=True):
     state: EventList = msgspec.field(default_factory=EventList)
     timeline: Timeline = msgspec.field(default_factory=Timeline)
     summary: RoomSummary = msgspec.field(default_factory=RoomSummary)
     unread_notifications: UnreadNotifications = msgspec.field(default_factory=UnreadNotifications)
+    ephemeral: BasicEventList = msgspec.field(default_factory=BasicEventList)
+    account_data: BasicEventList = msgspec.field(default_factory=BasicEventList)
 
 
 class InviteState(msgspec.Struct, kw_only=True):
@@ -78,6 +96,7 @@ class InvitedRoom(msgspec.Struct, kw_only=True):
 class LeftRoom(msgspec.Struct, kw_only=True):
     state: EventList = msgspec.field(default_factory=EventList)
     timeline: Timeline = msgspec.field(default_factory=Timeline)
+    account_data: BasicEventList = msgspec.field(default_factory=BasicEventList)
 
 
 class Rooms(msgspec.Struct, kw_only=True):
@@ -89,6 +108,16 @@ class Rooms(msgspec.Struct, kw_only=True):
 class SyncResponse(msgspec.Struct, kw_only=True):
     next_batch: str
     rooms: Rooms = msgspec.field(default_factory=Rooms)
+    account_data: BasicEventList = msgspec.field(default_factory=BasicEventList)
+
+
+class MessagesResponse(msgspec.Struct, kw_only=True):
+    """``GET /rooms/{id}/messages``: ``chunk`` is newest first with dir=b."""
+
+    chunk: list[ClientEvent] = msgspec.field(default_factory=list)
+    start: str = ""
+    end: str | None = None
+    state: list[ClientEvent] = msgspec.field(default_factory=list)
 
 
 class LoginResponse(msgspec.Struct, kw_only=True):
@@ -122,3 +151,4 @@ login_decoder = msgspec.json.Decoder(LoginResponse)
 error_decoder = msgspec.json.Decoder(MatrixErrorBody)
 send_decoder = msgspec.json.Decoder(SendResponse)
 join_decoder = msgspec.json.Decoder(JoinResponse)
+messages_decoder = msgspec.json.Decoder(MessagesResponse)

@@ -132,6 +132,101 @@ class Peer:
 
         return self._run(go())
 
+    def send(self, room_id: str, event_type: str, content: dict[str, Any]) -> str:
+        """Send any room event; returns its event id."""
+
+        async def go() -> str:
+            resp = await self.client.room_send(room_id, event_type, content)
+            if not isinstance(resp, nio.RoomSendResponse):
+                raise PeerError(f"send failed: {_describe(resp)}")
+            return str(resp.event_id)
+
+        return self._run(go())
+
+    def edit(self, room_id: str, event_id: str, body: str) -> str:
+        return self.send(
+            room_id,
+            "m.room.message",
+            {
+                "msgtype": "m.text",
+                "body": f"* {body}",
+                "m.new_content": {"msgtype": "m.text", "body": body},
+                "m.relates_to": {"rel_type": "m.replace", "event_id": event_id},
+            },
+        )
+
+    def react(self, room_id: str, event_id: str, key: str) -> str:
+        return self.send(
+            room_id,
+            "m.reaction",
+            {"m.relates_to": {"rel_type": "m.annotation", "event_id": event_id, "key": key}},
+        )
+
+    def reply(self, room_id: str, event_id: str, body: str) -> str:
+        return self.send(
+            room_id,
+            "m.room.message",
+            {
+                "msgtype": "m.text",
+                "body": body,
+                "m.relates_to": {"m.in_reply_to": {"event_id": event_id}},
+            },
+        )
+
+    def thread_reply(self, room_id: str, root: str, body: str) -> str:
+        return self.send(
+            room_id,
+            "m.room.message",
+            {
+                "msgtype": "m.text",
+                "body": body,
+                "m.relates_to": {
+                    "rel_type": "m.thread",
+                    "event_id": root,
+                    "is_falling_back": True,
+                    "m.in_reply_to": {"event_id": root},
+                },
+            },
+        )
+
+    def redact(self, room_id: str, event_id: str, reason: str | None = None) -> str:
+        async def go() -> str:
+            resp = await self.client.room_redact(room_id, event_id, reason=reason)
+            if not isinstance(resp, nio.RoomRedactResponse):
+                raise PeerError(f"redact failed: {_describe(resp)}")
+            return str(resp.event_id)
+
+        return self._run(go())
+
+    def put_state(
+        self, room_id: str, event_type: str, content: dict[str, Any], state_key: str = ""
+    ) -> str:
+        async def go() -> str:
+            resp = await self.client.room_put_state(
+                room_id, event_type, content, state_key=state_key
+            )
+            if not isinstance(resp, nio.RoomPutStateResponse):
+                raise PeerError(f"put_state failed: {_describe(resp)}")
+            return str(resp.event_id)
+
+        return self._run(go())
+
+    def kick(self, room_id: str, user_id: str, reason: str | None = None) -> None:
+        async def go() -> None:
+            resp = await self.client.room_kick(room_id, user_id, reason=reason)
+            if not isinstance(resp, nio.RoomKickResponse):
+                raise PeerError(f"kick failed: {_describe(resp)}")
+
+        self._run(go())
+
+    def typing(self, room_id: str, on: bool = True) -> None:
+        async def go() -> None:
+            resp = await self.client.room_typing(room_id, typing_state=on, timeout=30000)
+            if not isinstance(resp, nio.RoomTypingResponse):
+                raise PeerError(f"typing failed: {_describe(resp)}")
+
+        self._run(go())
+
     def messages(self, room_id: str) -> list[PeerMessage]:
         """Every ``m.room.message`` in the room, oldest first, from ``/messages``."""
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
-from ipc_schema import ErrorCode, LoggedEvent, SessionState
+from ipc_schema import ErrorCode, Event, SessionState, Typing
 from skiffyd.core.backoff import Backoff
 from skiffyd.core.sync import SyncPlan, plan_sync
 from skiffyd.core.wire import SyncResponse, sync_decoder
@@ -62,7 +62,7 @@ class SyncService:
         transport: Transport,
         cache: Cache,
         db: Db,
-        publish: Callable[[Sequence[LoggedEvent]], None],
+        publish: Callable[[Sequence[Event]], None],
         set_state: Callable[[SessionState, str | None], None],
         on_synced: Callable[[], None],
         own_user_id: str,
@@ -93,6 +93,14 @@ class SyncService:
     async def apply(self, plan: SyncPlan) -> None:
         events = await self._db(self._cache.apply_sync, plan)
         self._publish(events)
+        # Typing is ephemeral: published, never stored.
+        typing = [
+            Typing(seq=self._cache.last_seq, room_id=room.room_id, user_ids=room.typing)
+            for room in plan.rooms
+            if room.typing is not None
+        ]
+        if typing:
+            self._publish(typing)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         since: str | None = await self._db(self._cache.next_batch)

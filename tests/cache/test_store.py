@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 from ipc_schema import MessageAdded, MessageUpdated, RoomUpdated
 from skiffyd.cache import Cache
 from skiffyd.cache.migrations import MIGRATIONS
-from skiffyd.core.sync import NewMessage, RoomPatch, SyncPlan
+from skiffyd.core.sync import RoomSync, SyncPlan
+from skiffyd.core.timeline import TimelineItem, classify
+from skiffyd.core.wire import ClientEvent, UnsignedData
 from skiffyd.errors import CacheError, CacheWrongKeyError, UnknownRoomError
 
 if TYPE_CHECKING:
@@ -35,23 +37,27 @@ def cache(tmp_path: Path, key: str) -> Cache:
     c.close()
 
 
-def _msg(event_id: str, body: str, sender: str = "@a:x", txn_id: str | None = None) -> NewMessage:
-    return NewMessage(
-        room_id=ROOM,
-        event_id=event_id,
-        sender=sender,
-        body=body,
-        ts=1,
-        msgtype="m.text",
-        txn_id=txn_id,
+def _msg(event_id: str, body: str, sender: str = "@a:x", txn_id: str | None = None) -> TimelineItem:
+    item = classify(
+        ROOM,
+        ClientEvent(
+            type="m.room.message",
+            event_id=event_id,
+            sender=sender,
+            origin_server_ts=1,
+            content={"msgtype": "m.text", "body": body},
+            unsigned=UnsignedData(transaction_id=txn_id) if txn_id else None,
+        ),
     )
+    assert item is not None
+    return item
 
 
-def _plan(token: str, *messages: NewMessage, name: str | None = None) -> SyncPlan:
+def _plan(token: str, *items: TimelineItem, name: str | None = None) -> SyncPlan:
     changes: dict[str, object] = {"membership": "join", "joined_count": 2}
     if name is not None:
         changes["name"] = name
-    return SyncPlan(next_batch=token, rooms=[RoomPatch(ROOM, changes)], messages=list(messages))
+    return SyncPlan(next_batch=token, rooms=[RoomSync(ROOM, changes, items=list(items))])
 
 
 def test_sync_applies_rows_token_and_log(cache: Cache) -> None:
@@ -61,7 +67,7 @@ def test_sync_applies_rows_token_and_log(cache: Cache) -> None:
     assert cache.next_batch() == "s1"
     [room] = cache.rooms()
     assert (room.name, room.member_count) == ("Lounge", 2)
-    assert [m.body for m in cache.messages(ROOM, 10)] == ["one", "two"]
+    assert [m.body for m in cache.messages(ROOM, 10)[0]] == ["one", "two"]
     # The same events again (a retried sync) change nothing and log nothing.
     assert cache.apply_sync(_plan("s2", _msg("$1", "one"), name="Lounge")) == []
     assert cache.next_batch() == "s2"
@@ -71,22 +77,22 @@ def test_a_failed_apply_leaves_nothing_behind(
     cache: Cache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cache.apply_sync(_plan("s1", _msg("$1", "one")))
-    original = cache._apply_message
+    original = cache._store_item
     calls = 0
 
-    def explode(events: list[object], msg: NewMessage) -> None:
+    def explode(work: object, item: TimelineItem, *, pos: int | None) -> object:
         nonlocal calls
         calls += 1
         if calls == 2:
             raise apsw.IOError("disk went away")
-        original(events, msg)  # type: ignore[arg-type]
+        return original(work, item, pos=pos)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(cache, "_apply_message", explode)
+    monkeypatch.setattr(cache, "_store_item", explode)
     with pytest.raises(apsw.IOError):
         cache.apply_sync(_plan("s2", _msg("$2", "two"), _msg("$3", "three")))
     monkeypatch.undo()
     assert cache.next_batch() == "s1"
-    assert [m.event_id for m in cache.messages(ROOM, 10)] == ["$1"]
+    assert [m.event_id for m in cache.messages(ROOM, 10)[0]] == ["$1"]
     # The seq counter rolled back too: the next change continues the log.
     [event] = cache.apply_sync(_plan("s3", _msg("$4", "four")))
     assert event.seq == cache.last_seq == 3
@@ -106,7 +112,7 @@ def test_local_echo_reconciled_from_sync_or_send(cache: Cache) -> None:
     assert cache.outbox_count() == 0
     # The PUT's answer arrives after: nothing changes, nothing duplicated.
     assert cache.mark_sent("t1", "$e") == []
-    assert [(m.event_id, m.status) for m in cache.messages(ROOM, 10)] == [("$e", "sent")]
+    assert [(m.event_id, m.status) for m in cache.messages(ROOM, 10)[0]] == [("$e", "sent")]
 
 
 def test_mark_sent_then_sync_echo(cache: Cache) -> None:
@@ -115,7 +121,7 @@ def test_mark_sent_then_sync_echo(cache: Cache) -> None:
     [updated] = cache.mark_sent("t1", "$e")
     assert updated.message.status == "sent"
     assert cache.apply_sync(_plan("s2", _msg("$e", "hi", sender=ME, txn_id="t1"))) == []
-    assert len(cache.messages(ROOM, 10)) == 1
+    assert len(cache.messages(ROOM, 10)[0]) == 1
 
 
 def test_outbox_failure_and_unknown_room(cache: Cache) -> None:

@@ -67,10 +67,14 @@ def test_joined_room_state_timeline_and_counts() -> None:
         "is_encrypted": True,
         "heroes": ["@a:example.org"],
         "joined_count": 3,
-        "unread_count": 2,
+        "notification_count": 2,
     }
-    assert [m.body for m in plan.messages] == ["first", "second"]
-    assert [m.event_id for m in plan.messages] == ["$1", "$2"]
+    # The encryption event has no event id and the reaction no relation:
+    # neither is kept; the two messages are rows, in order.
+    assert [(i.event_id, i.content.get("body"), i.visible) for i in patch.items] == [
+        ("$1", "first", True),
+        ("$2", "second", True),
+    ]
 
 
 def test_own_echo_carries_transaction_id() -> None:
@@ -85,7 +89,7 @@ def test_own_echo_carries_transaction_id() -> None:
             }
         }
     )
-    [msg] = plan_sync(sync_decoder.decode(body), ME).messages
+    [msg] = plan_sync(sync_decoder.decode(body), ME).rooms[0].items
     assert msg.txn_id == "t1"
     assert msg.sender == ME
 
@@ -113,7 +117,7 @@ def test_invite_and_leave() -> None:
     )
     plan = plan_sync(sync_decoder.decode(body), ME)
     by_id = {p.room_id: p.changes for p in plan.rooms}
-    assert by_id["!i:x"] == {"name": "Party", "membership": "invite"}
+    assert by_id["!i:x"] == {"name": "Party", "membership": "invite", "inviter": "@host:x"}
     assert by_id["!l:x"] == {"membership": "leave"}
 
 
@@ -137,7 +141,9 @@ def test_malformed_messages_are_skipped_not_fatal() -> None:
             }
         }
     )
-    assert [m.event_id for m in plan_sync(sync_decoder.decode(body), ME).messages] == ["$ok"]
+    items = plan_sync(sync_decoder.decode(body), ME).rooms[0].items
+    # Malformed messages are still rows (a UI shows something); never a crash.
+    assert [i.event_id for i in items] == ["$r", "$n", "$ok"]
 
 
 def test_wrong_type_for_a_used_field_names_the_path() -> None:
