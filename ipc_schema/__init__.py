@@ -71,6 +71,10 @@ class ErrorCode:
     OUTBOX_EMPTY_BODY = "SKIFFY_OUTBOX_EMPTY_BODY"
     OUTBOX_TOO_LARGE = "SKIFFY_OUTBOX_TOO_LARGE"
     OUTBOX_ROOM_ENCRYPTED = "SKIFFY_OUTBOX_ROOM_ENCRYPTED"
+    OUTBOX_NOT_YOURS = "SKIFFY_OUTBOX_NOT_YOURS"
+    OUTBOX_UNKNOWN_ITEM = "SKIFFY_OUTBOX_UNKNOWN_ITEM"
+    OUTBOX_IN_FLIGHT = "SKIFFY_OUTBOX_IN_FLIGHT"
+    OUTBOX_UNKNOWN_TARGET = "SKIFFY_OUTBOX_UNKNOWN_TARGET"
     CONFIG_INVALID = "SKIFFY_CONFIG_INVALID"
 
 
@@ -197,6 +201,115 @@ class Messages(msgspec.Struct, tag_field="cmd", tag="messages", kw_only=True):
 class Send(msgspec.Struct, tag_field="cmd", tag="send", kw_only=True):
     room_id: str
     body: str
+    #: m.text, m.notice or m.emote.
+    msgtype: str = "m.text"
+    #: Render Markdown into ``formatted_body`` (HTML); False sends plain text.
+    markdown: bool = True
+    #: An event id, or the txn id of a message still in the outbox.
+    reply_to: str | None = None
+    thread_root: str | None = None
+
+
+class Edit(msgspec.Struct, tag_field="cmd", tag="edit", kw_only=True):
+    room_id: str
+    #: The event id of one of the account's messages, or its pending txn id.
+    target: str
+    body: str
+    markdown: bool = True
+
+
+class Redact(msgspec.Struct, tag_field="cmd", tag="redact", kw_only=True):
+    room_id: str
+    target: str
+    reason: str | None = None
+
+
+class React(msgspec.Struct, tag_field="cmd", tag="react", kw_only=True):
+    room_id: str
+    target: str
+    key: str
+
+
+class Unreact(msgspec.Struct, tag_field="cmd", tag="unreact", kw_only=True):
+    room_id: str
+    target: str
+    key: str
+
+
+class MarkRead(msgspec.Struct, tag_field="cmd", tag="mark_read", kw_only=True):
+    room_id: str
+    #: Up to this event; None: the room's latest.
+    event_id: str | None = None
+
+
+class SetTyping(msgspec.Struct, tag_field="cmd", tag="typing", kw_only=True):
+    room_id: str
+    typing: bool
+    timeout_ms: int = 30_000
+
+
+class CreateRoom(msgspec.Struct, tag_field="cmd", tag="create_room", kw_only=True):
+    name: str | None = None
+    topic: str | None = None
+    public: bool = False
+    encrypted: bool = False
+    invite: list[str] = msgspec.field(default_factory=list)
+    direct: bool = False
+
+
+class Leave(msgspec.Struct, tag_field="cmd", tag="leave", kw_only=True):
+    room_id: str
+
+
+class Forget(msgspec.Struct, tag_field="cmd", tag="forget", kw_only=True):
+    room_id: str
+
+
+class Invite(msgspec.Struct, tag_field="cmd", tag="invite", kw_only=True):
+    room_id: str
+    user_id: str
+
+
+class Kick(msgspec.Struct, tag_field="cmd", tag="kick", kw_only=True):
+    room_id: str
+    user_id: str
+    reason: str | None = None
+
+
+class Ban(msgspec.Struct, tag_field="cmd", tag="ban", kw_only=True):
+    room_id: str
+    user_id: str
+    reason: str | None = None
+
+
+class OpenDirect(msgspec.Struct, tag_field="cmd", tag="open_direct", kw_only=True):
+    user_id: str
+
+
+class GetProfile(msgspec.Struct, tag_field="cmd", tag="get_profile", kw_only=True):
+    #: None: the account's own profile.
+    user_id: str | None = None
+
+
+class SetDisplayName(msgspec.Struct, tag_field="cmd", tag="set_display_name", kw_only=True):
+    display_name: str
+
+
+class SearchUsers(msgspec.Struct, tag_field="cmd", tag="search_users", kw_only=True):
+    query: str
+    limit: int = 10
+
+
+class OutboxList(msgspec.Struct, tag_field="cmd", tag="outbox_list", kw_only=True):
+    pass
+
+
+class OutboxRetry(msgspec.Struct, tag_field="cmd", tag="outbox_retry", kw_only=True):
+    txn_id: str
+
+
+class OutboxCancel(msgspec.Struct, tag_field="cmd", tag="outbox_cancel", kw_only=True):
+    txn_id: str
 
 
 class Join(msgspec.Struct, tag_field="cmd", tag="join", kw_only=True):
@@ -233,6 +346,25 @@ Request = (
     | ChangesSince
     | Members
     | Backfill
+    | Edit
+    | Redact
+    | React
+    | Unreact
+    | MarkRead
+    | SetTyping
+    | CreateRoom
+    | Leave
+    | Forget
+    | Invite
+    | Kick
+    | Ban
+    | OpenDirect
+    | GetProfile
+    | SetDisplayName
+    | SearchUsers
+    | OutboxList
+    | OutboxRetry
+    | OutboxCancel
 )
 COMMAND_NAMES: frozenset[str] = frozenset(str(t.__struct_config__.tag) for t in get_args(Request))
 
@@ -288,6 +420,41 @@ class MembersResult(msgspec.Struct, tag_field="type", tag="members", kw_only=Tru
     members: list[MemberInfo]
 
 
+class ProfileInfo(msgspec.Struct, kw_only=True):
+    user_id: str
+    display_name: str | None = None
+    avatar_url: str | None = None
+
+
+class ProfileResult(msgspec.Struct, tag_field="type", tag="profile", kw_only=True):
+    profile: ProfileInfo
+
+
+class UsersResult(msgspec.Struct, tag_field="type", tag="users", kw_only=True):
+    results: list[ProfileInfo]
+    limited: bool = False
+
+
+OutboxState = Literal["queued", "in_flight", "failed"]
+
+
+class OutboxItemInfo(msgspec.Struct, kw_only=True):
+    txn_id: str
+    room_id: str
+    #: event (PUT send), redaction (PUT redact) or receipt (read markers).
+    kind: str
+    event_type: str | None
+    state: OutboxState
+    attempts: int = 0
+    last_error: str | None = None
+    #: What the item points at: an event id, or the txn id of an item before it.
+    target: str | None = None
+
+
+class OutboxResult(msgspec.Struct, tag_field="type", tag="outbox", kw_only=True):
+    items: list[OutboxItemInfo]
+
+
 class BackfillResult(msgspec.Struct, tag_field="type", tag="backfill", kw_only=True):
     #: Rows added to the timeline (edits, reactions and redactions not counted).
     added: int
@@ -331,6 +498,23 @@ class MemberUpdated(msgspec.Struct, tag_field="type", tag="member_updated", kw_o
     member: MemberInfo
 
 
+class MessageRemoved(msgspec.Struct, tag_field="type", tag="message_removed", kw_only=True):
+    """A pending message was cancelled: its local echo is gone."""
+
+    seq: int
+    room_id: str
+    txn_id: str
+
+
+class OutboxUpdated(msgspec.Struct, tag_field="type", tag="outbox_updated", kw_only=True):
+    """An outbox item changed state (failed, retried) or left the outbox
+    (``removed``: delivered or cancelled)."""
+
+    seq: int
+    item: OutboxItemInfo
+    removed: bool = False
+
+
 class Typing(msgspec.Struct, tag_field="type", tag="typing", kw_only=True):
     """Ephemeral: who is typing in a room now (not stored, not in the log)."""
 
@@ -347,9 +531,20 @@ class SessionStateChanged(msgspec.Struct, tag_field="type", tag="session_state",
     user_id: str | None = None
 
 
-Event = RoomUpdated | MessageAdded | MessageUpdated | MemberUpdated | SessionStateChanged | Typing
+Event = (
+    RoomUpdated
+    | MessageAdded
+    | MessageUpdated
+    | MessageRemoved
+    | MemberUpdated
+    | OutboxUpdated
+    | SessionStateChanged
+    | Typing
+)
 #: Events that are stored in the change log (and so returned by ChangesSince).
-LoggedEvent = RoomUpdated | MessageAdded | MessageUpdated | MemberUpdated
+LoggedEvent = (
+    RoomUpdated | MessageAdded | MessageUpdated | MessageRemoved | MemberUpdated | OutboxUpdated
+)
 
 
 class ChangesResult(msgspec.Struct, tag_field="type", tag="changes", kw_only=True):
@@ -379,6 +574,9 @@ Result = (
     | ChangesResult
     | MembersResult
     | BackfillResult
+    | ProfileResult
+    | UsersResult
+    | OutboxResult
 )
 
 
@@ -429,31 +627,53 @@ __all__ = [
     "PROTOCOL_VERSION",
     "Backfill",
     "BackfillResult",
+    "Ban",
     "ChangesResult",
     "ChangesSince",
+    "CreateRoom",
+    "Edit",
     "ErrorCode",
     "ErrorInfo",
     "Event",
     "EventBatch",
+    "Forget",
     "GapInfo",
+    "GetProfile",
     "Hello",
     "HelloResult",
+    "Invite",
     "Join",
     "JoinResult",
+    "Kick",
+    "Leave",
     "LoggedEvent",
     "Login",
     "LoginResult",
     "Logout",
+    "MarkRead",
     "MemberInfo",
     "MemberUpdated",
     "Members",
     "MembersResult",
     "MessageAdded",
     "MessageInfo",
+    "MessageRemoved",
     "MessageUpdated",
     "Messages",
     "MessagesResult",
     "OkResult",
+    "OpenDirect",
+    "OutboxCancel",
+    "OutboxItemInfo",
+    "OutboxList",
+    "OutboxResult",
+    "OutboxRetry",
+    "OutboxState",
+    "OutboxUpdated",
+    "ProfileInfo",
+    "ProfileResult",
+    "React",
+    "Redact",
     "Reply",
     "Request",
     "Result",
@@ -461,12 +681,17 @@ __all__ = [
     "RoomUpdated",
     "Rooms",
     "RoomsResult",
+    "SearchUsers",
     "Send",
     "SendResult",
     "SessionState",
     "SessionStateChanged",
+    "SetDisplayName",
+    "SetTyping",
     "Status",
     "StatusResult",
     "Typing",
+    "Unreact",
+    "UsersResult",
     "export_json_schema",
 ]

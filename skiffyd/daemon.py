@@ -28,7 +28,6 @@ import fcntl
 import os
 import shutil
 import signal
-import time
 import uuid
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -36,7 +35,7 @@ import structlog
 import trio
 
 import ipc_schema as wire
-from skiffyd import credentials
+from skiffyd import commands, credentials
 from skiffyd.cache import Cache
 from skiffyd.config import Paths
 from skiffyd.core.homeserver import normalize_homeserver
@@ -46,7 +45,6 @@ from skiffyd.errors import (
     DaemonAlreadyRunningError,
     MatrixError,
     NotLoggedInError,
-    OutboxError,
     SkiffyError,
     UnknownRoomError,
 )
@@ -66,10 +64,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-
-#: The spec's limit on a whole event; the body is most of it.
-MAX_EVENT_BYTES = 65_536
-_EVENT_OVERHEAD = 1_024
 
 
 def acquire_lock(paths: Paths) -> int:
@@ -134,7 +128,7 @@ class Daemon:
         user_id = self.session.creds.user_id if self.session else None
         self.publish([wire.SessionStateChanged(seq=seq, state=state, user_id=user_id)])
 
-    def _require_session(self) -> AccountSession:
+    def require_session(self) -> AccountSession:
         if self.session is None:
             raise NotLoggedInError("not logged in: run `skiffyd login` first")
         return self.session
@@ -223,7 +217,7 @@ class Daemon:
             db=self.db,
             publish=self.publish,
             set_state=self.set_state,
-            on_synced=session.outbox.wake,
+            on_synced=session.outbox.homeserver_reachable,
             own_user_id=creds.user_id,
         )
         self.set_state("connecting")
@@ -299,16 +293,16 @@ class Daemon:
                 await self._logout()
                 return wire.OkResult()
             case wire.Rooms():
-                s = self._require_session()
+                s = self.require_session()
                 return wire.RoomsResult(rooms=await self.db(s.cache.rooms))
             case wire.Messages():
-                s = self._require_session()
+                s = self.require_session()
                 check_room_id(request.room_id)
                 limit = max(1, min(request.limit, 1000))
                 messages, gaps = await self.db(s.cache.messages, request.room_id, limit)
                 return wire.MessagesResult(messages=messages, gaps=gaps)
             case wire.Members():
-                s = self._require_session()
+                s = self.require_session()
                 check_room_id(request.room_id)
                 return wire.MembersResult(
                     members=await self.db(
@@ -318,7 +312,41 @@ class Daemon:
             case wire.Backfill():
                 return await self._backfill(request)
             case wire.Send():
-                return await self._send(request)
+                return await commands.send(self, request)
+            case wire.Edit():
+                return await commands.edit(self, request)
+            case wire.Redact():
+                return await commands.redact(self, request)
+            case wire.React():
+                return await commands.react(self, request)
+            case wire.Unreact():
+                return await commands.unreact(self, request)
+            case wire.MarkRead():
+                return await commands.mark_read(self, request)
+            case wire.SetTyping():
+                return await commands.set_typing(self, request)
+            case wire.CreateRoom():
+                return await commands.create_room(self, request)
+            case wire.Leave():
+                return await commands.leave(self, request)
+            case wire.Forget():
+                return await commands.forget(self, request)
+            case wire.Invite() | wire.Kick() | wire.Ban():
+                return await commands.membership(self, request)
+            case wire.OpenDirect():
+                return await commands.open_direct(self, request)
+            case wire.GetProfile():
+                return await commands.get_profile(self, request)
+            case wire.SetDisplayName():
+                return await commands.set_display_name(self, request)
+            case wire.SearchUsers():
+                return await commands.search_users(self, request)
+            case wire.OutboxList():
+                return await commands.outbox_list(self, request)
+            case wire.OutboxRetry():
+                return await commands.outbox_retry(self, request)
+            case wire.OutboxCancel():
+                return await commands.outbox_cancel(self, request)
             case wire.Join():
                 return await self._join(request)
             case wire.ChangesSince():
@@ -399,7 +427,7 @@ class Daemon:
 
     async def _logout(self) -> None:
         async with self._session_lock:
-            session = self._require_session()
+            session = self.require_session()
             creds = session.creds
             try:
                 await matrix_session.logout(session.transport)
@@ -415,43 +443,8 @@ class Daemon:
             self.set_state("logged_out")
             log.info("session.logged_out")
 
-    async def _send(self, request: wire.Send) -> wire.SendResult:
-        s = self._require_session()
-        check_room_id(request.room_id)
-        if not request.body.strip():
-            raise OutboxError("the message is empty", code=wire.ErrorCode.OUTBOX_EMPTY_BODY)
-        size = len(request.body.encode())
-        if size + _EVENT_OVERHEAD > MAX_EVENT_BYTES:
-            raise OutboxError(
-                f"the message is too large ({size} bytes; an event is at most {MAX_EVENT_BYTES})",
-                code=wire.ErrorCode.OUTBOX_TOO_LARGE,
-                details={"bytes": size, "limit": MAX_EVENT_BYTES - _EVENT_OVERHEAD},
-            )
-        if await self.db(s.cache.room_is_encrypted, request.room_id):
-            # Until end-to-end encryption lands, never send plaintext into an
-            # encrypted room.
-            raise OutboxError(
-                "this room is end-to-end encrypted, and skiffyd cannot encrypt yet",
-                code=wire.ErrorCode.OUTBOX_ROOM_ENCRYPTED,
-                details={"room_id": request.room_id},
-            )
-        txn_id = f"skf{uuid.uuid4().hex}"
-        events = await self.db(
-            lambda: s.cache.enqueue_message(
-                room_id=request.room_id,
-                body=request.body,
-                msgtype="m.text",
-                txn_id=txn_id,
-                ts=int(time.time() * 1000),
-            )
-        )
-        self.publish(events)
-        if s.outbox is not None:
-            s.outbox.wake()
-        return wire.SendResult(txn_id=txn_id)
-
     async def _backfill(self, request: wire.Backfill) -> wire.BackfillResult:
-        s = self._require_session()
+        s = self.require_session()
         check_room_id(request.room_id)
         if not await self.db(s.cache.has_room, request.room_id):
             raise UnknownRoomError(
@@ -474,11 +467,14 @@ class Daemon:
         )
 
     async def _join(self, request: wire.Join) -> wire.JoinResult:
-        s = self._require_session()
+        s = self.require_session()
         check_room_id_or_alias(request.room)
-        room_id = await matrix_session.join(s.transport, request.room)
+        return wire.JoinResult(room_id=await self.join_room(s, request.room))
+
+    async def join_room(self, s: AccountSession, room: str) -> str:
+        room_id = await matrix_session.join(s.transport, room)
         self.publish(await self.db(s.cache.note_joined, room_id))
-        return wire.JoinResult(room_id=room_id)
+        return room_id
 
 
 async def serve(paths: Paths | None = None) -> None:

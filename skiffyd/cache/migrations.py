@@ -109,8 +109,13 @@ MIGRATIONS: tuple[str, ...] = (
     ) STRICT;
     CREATE INDEX gaps_by_room ON gaps(room_id, upper_pos);
     CREATE TABLE outbox (
-        txn_id     TEXT PRIMARY KEY REFERENCES messages(txn_id),
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        txn_id     TEXT NOT NULL UNIQUE,
         room_id    TEXT NOT NULL,
+        kind       TEXT NOT NULL CHECK (kind IN ('event', 'redaction', 'receipt')),
+        event_type TEXT,
+        content    BLOB NOT NULL,
+        target     TEXT,
         state      TEXT NOT NULL CHECK (state IN ('queued', 'failed')),
         attempts   INTEGER NOT NULL DEFAULT 0,
         last_error TEXT

@@ -39,18 +39,22 @@ import msgspec
 
 from ipc_schema import (
     ChangesResult,
+    ErrorCode,
     GapInfo,
     LoggedEvent,
     MemberInfo,
     MemberUpdated,
     MessageAdded,
     MessageInfo,
+    MessageRemoved,
     MessageUpdated,
+    OutboxItemInfo,
+    OutboxUpdated,
     RoomInfo,
     RoomUpdated,
 )
 from skiffyd.cache.migrations import MIGRATIONS
-from skiffyd.core.outbox import OutboxItem
+from skiffyd.core.outbox import OutboxItem, is_event_id
 from skiffyd.core.sync import (
     ROOM_FIELDS,
     MemberChange,
@@ -66,7 +70,7 @@ from skiffyd.core.timeline import (
     aggregate,
     summarize,
 )
-from skiffyd.errors import CacheError, CacheWrongKeyError, UnknownRoomError
+from skiffyd.errors import CacheError, CacheWrongKeyError, OutboxError, UnknownRoomError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -557,6 +561,9 @@ class Cache:
                 ),
             )
             work.touched_targets.add(rel.target)
+        if item.txn_id is not None and item.sender == self._own_user_id:
+            # Our own item came back in sync: it is delivered, whatever it was.
+            self._conn.execute("DELETE FROM outbox WHERE txn_id = ?", (item.txn_id,))
         if not item.visible:
             return None
         if item.txn_id is not None and item.sender == self._own_user_id:
@@ -864,61 +871,126 @@ class Cache:
 
     # ---------------------------------------------------------------- outbox
 
-    def enqueue_message(
-        self, *, room_id: str, body: str, msgtype: str, txn_id: str, ts: int
+    def enqueue(
+        self,
+        *,
+        room_id: str,
+        txn_id: str,
+        kind: str,
+        event_type: str | None,
+        content: dict[str, Any],
+        target: str | None,
+        ts: int,
+        echo: bool,
     ) -> list[LoggedEvent]:
-        """Write the local echo and the outbox row, before any network I/O."""
+        """Write an outbox item (and a message's local echo) before any network I/O."""
         if not self.has_room(room_id):
             raise UnknownRoomError(
                 "no such room in the cache (join it first)", details={"room_id": room_id}
             )
-        content = {"msgtype": msgtype, "body": body}
         with self._transaction() as events:
-            row = self._one(
-                "INSERT INTO messages(room_id, pos, event_id, txn_id, type, sender, ts, status, "
-                "content, body, msgtype, display) "
-                "VALUES (?, ?, NULL, ?, 'm.room.message', ?, ?, 'pending', ?, ?, ?, ?) "
-                "RETURNING ord",
-                (
-                    room_id,
-                    self._next_pos(room_id),
-                    txn_id,
-                    self._own_user_id,
-                    ts,
-                    _pack(content),
-                    body,
-                    msgtype,
-                    _pack(content),
-                ),
-            )
-            assert row is not None
+            work = _Work(added=[], touched_targets=set(), rooms={})
             self._conn.execute(
-                "INSERT INTO outbox(txn_id, room_id, state, attempts) VALUES (?, ?, 'queued', 0)",
-                (txn_id, room_id),
+                "INSERT INTO outbox(txn_id, room_id, kind, event_type, content, target, state) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'queued')",
+                (txn_id, room_id, kind, event_type, _pack(content), target),
             )
-            self._log(events, MessageAdded(seq=0, message=self._message_by_ord(row[0])))
+            if echo:
+                relates = content.get("m.relates_to")
+                relates = relates if isinstance(relates, dict) else {}
+                reply = relates.get("m.in_reply_to")
+                thread_root = (
+                    relates.get("event_id") if relates.get("rel_type") == "m.thread" else None
+                )
+                row = self._one(
+                    "INSERT INTO messages(room_id, pos, event_id, txn_id, type, sender, ts, status, "
+                    "content, reply_to, thread_root, body, display) "
+                    "VALUES (?, ?, NULL, ?, ?, ?, ?, 'pending', ?, ?, ?, '', x'80') RETURNING ord",
+                    (
+                        room_id,
+                        self._next_pos(room_id),
+                        txn_id,
+                        event_type,
+                        self._own_user_id,
+                        ts,
+                        _pack(content),
+                        reply.get("event_id")
+                        if isinstance(reply, dict) and not thread_root
+                        else None,
+                        thread_root,
+                    ),
+                )
+                assert row is not None
+                work.added.append(row[0])
+            if kind == "receipt" and target is not None and is_event_id(target):
+                # Read is read at once, offline too; the server hears it in turn.
+                self._patch_room(work, room_id, {"read_receipt": target, "fully_read": target})
+            self._log_outbox(events, txn_id)
+            self._finish(events, work)
         return events
 
-    def outbox_items(self) -> list[OutboxItem]:
-        rows = self._all(
-            "SELECT m.ord, o.txn_id, o.room_id, m.msgtype, m.body, o.state, o.attempts "
-            "FROM outbox o JOIN messages m ON m.txn_id = o.txn_id ORDER BY m.ord"
+    def _outbox_info(self, txn_id: str, *, in_flight: bool = False) -> OutboxItemInfo | None:
+        row = self._one(
+            "SELECT txn_id, room_id, kind, event_type, state, attempts, last_error, target "
+            "FROM outbox WHERE txn_id = ?",
+            (txn_id,),
         )
+        if row is None:
+            return None
+        return OutboxItemInfo(
+            txn_id=row[0],
+            room_id=row[1],
+            kind=row[2],
+            event_type=row[3],
+            state="in_flight" if in_flight and row[4] == "queued" else row[4],
+            attempts=row[5],
+            last_error=row[6],
+            target=row[7],
+        )
+
+    def _log_outbox(self, events: list[LoggedEvent], txn_id: str) -> None:
+        info = self._outbox_info(txn_id)
+        if info is not None:
+            self._log(events, OutboxUpdated(seq=0, item=info))
+
+    def outbox_items(self) -> list[OutboxItem]:
         return [
             OutboxItem(
-                ord=r[0],
+                seq=r[0],
                 txn_id=r[1],
                 room_id=r[2],
-                msgtype=r[3],
-                body=r[4],
-                state=r[5],
-                attempts=r[6],
+                kind=r[3],
+                event_type=r[4],
+                content=_unpack_dict(r[5]),
+                target=r[6],
+                state=r[7],
+                attempts=r[8],
+                last_error=r[9],
             )
-            for r in rows
+            for r in self._all(
+                "SELECT seq, txn_id, room_id, kind, event_type, content, target, state, attempts, "
+                "last_error FROM outbox ORDER BY seq"
+            )
         ]
+
+    def outbox_infos(self, in_flight: frozenset[str] = frozenset()) -> list[OutboxItemInfo]:
+        out = []
+        for (txn_id,) in self._all("SELECT txn_id FROM outbox ORDER BY seq"):
+            info = self._outbox_info(txn_id, in_flight=txn_id in in_flight)
+            if info is not None:
+                out.append(info)
+        return out
+
+    def outbox_item(self, txn_id: str) -> OutboxItemInfo | None:
+        return self._outbox_info(txn_id)
 
     def outbox_count(self) -> int:
         return int(self._scalar("SELECT count(*) FROM outbox") or 0)
+
+    def event_id_for_txn(self, txn_id: str) -> str | None:
+        """The event id an earlier item of ours got (None while it is pending)."""
+        value = self._scalar("SELECT event_id FROM messages WHERE txn_id = ?", (txn_id,))
+        return value if isinstance(value, str) else None
 
     def record_attempt(self, txn_id: str, error_code: str | None) -> None:
         with self._conn:
@@ -927,14 +999,19 @@ class Cache:
                 (error_code, txn_id),
             )
 
-    def mark_sent(self, txn_id: str, event_id: str) -> list[LoggedEvent]:
+    def mark_sent(self, txn_id: str, event_id: str | None) -> list[LoggedEvent]:
+        """Delivered: the item leaves the outbox; a local echo gets its event id."""
         with self._transaction() as events:
+            info = self._outbox_info(txn_id)
             self._conn.execute("DELETE FROM outbox WHERE txn_id = ?", (txn_id,))
+            if info is not None:
+                info.state = "queued"
+                self._log(events, OutboxUpdated(seq=0, item=info, removed=True))
             row = self._one(
                 "SELECT ord, event_id, status FROM messages WHERE txn_id = ?", (txn_id,)
             )
-            if row is None or (row[1] == event_id and row[2] == "sent"):
-                return events  # already reconciled by sync
+            if event_id is None or row is None or (row[1] == event_id and row[2] == "sent"):
+                return events  # not a message, or already reconciled by sync
             # The sync copy may have been stored first under its event id.
             self._conn.execute(
                 "DELETE FROM messages WHERE event_id = ? AND ord != ?", (event_id, row[0])
@@ -943,9 +1020,7 @@ class Cache:
                 "UPDATE messages SET event_id = ?, status = 'sent' WHERE ord = ?",
                 (event_id, row[0]),
             )
-            work = _Work(added=[], touched_targets={event_id}, rooms={})
-            self._derive_message(row[0])
-            self._log(events, MessageUpdated(seq=0, message=self._message_by_ord(row[0])))
+            work = _Work(added=[], touched_targets={event_id}, rooms={}, changed={row[0]})
             self._finish(events, work)
         return events
 
@@ -955,11 +1030,110 @@ class Cache:
                 "UPDATE outbox SET state = 'failed', last_error = ? WHERE txn_id = ?",
                 (reason, txn_id),
             )
-            row = self._one("SELECT ord FROM messages WHERE txn_id = ?", (txn_id,))
-            if row is not None:
-                self._conn.execute("UPDATE messages SET status = 'failed' WHERE ord = ?", row)
-                self._log(events, MessageUpdated(seq=0, message=self._message_by_ord(row[0])))
+            self._set_echo_status(events, txn_id, "failed")
+            self._log_outbox(events, txn_id)
         return events
+
+    def _set_echo_status(self, events: list[LoggedEvent], txn_id: str, status: str) -> None:
+        row = self._one("SELECT ord FROM messages WHERE txn_id = ? AND event_id IS NULL", (txn_id,))
+        if row is not None:
+            self._conn.execute("UPDATE messages SET status = ? WHERE ord = ?", (status, row[0]))
+            self._log(events, MessageUpdated(seq=0, message=self._message_by_ord(row[0])))
+
+    def retry(self, txn_id: str) -> list[LoggedEvent]:
+        """A failed item goes back in the queue, at its place."""
+        info = self._outbox_info(txn_id)
+        if info is None:
+            raise OutboxError("no such outbox item", code=ErrorCode.OUTBOX_UNKNOWN_ITEM)
+        with self._transaction() as events:
+            self._conn.execute(
+                "UPDATE outbox SET state = 'queued', attempts = 0, last_error = NULL "
+                "WHERE txn_id = ?",
+                (txn_id,),
+            )
+            self._set_echo_status(events, txn_id, "pending")
+            self._log_outbox(events, txn_id)
+        return events
+
+    def cancel(self, txn_id: str) -> list[LoggedEvent]:
+        """Drop a queued or failed item, its local echo, and the items that point at it."""
+        if self._outbox_info(txn_id) is None:
+            raise OutboxError("no such outbox item", code=ErrorCode.OUTBOX_UNKNOWN_ITEM)
+        with self._transaction() as events:
+            doomed = [txn_id]
+            i = 0
+            while i < len(doomed):
+                for (dep,) in self._all(
+                    "SELECT txn_id FROM outbox WHERE target = ? OR instr(content, CAST(? AS BLOB)) > 0",
+                    (doomed[i], doomed[i]),
+                ):
+                    if dep not in doomed:
+                        doomed.append(dep)
+                i += 1
+            for txn in doomed:
+                info = self._outbox_info(txn)
+                self._conn.execute("DELETE FROM outbox WHERE txn_id = ?", (txn,))
+                row = self._one(
+                    "SELECT ord, room_id FROM messages WHERE txn_id = ? AND event_id IS NULL",
+                    (txn,),
+                )
+                if row is not None:
+                    self._conn.execute("DELETE FROM messages WHERE ord = ?", (row[0],))
+                    self._log(events, MessageRemoved(seq=0, room_id=row[1], txn_id=txn))
+                if info is not None:
+                    self._log(events, OutboxUpdated(seq=0, item=info, removed=True))
+        return events
+
+    def own_reaction(self, target: str, key: str) -> str | None:
+        """The event id of the account's own reaction ``key`` on ``target``."""
+        value = self._scalar(
+            "SELECT event_id FROM relations WHERE target = ? AND rel_type = 'm.annotation' "
+            "AND key = ? AND sender = ? AND redacted = 0",
+            (target, key, self._own_user_id),
+        )
+        return value if isinstance(value, str) else None
+
+    def queued_reaction(self, room_id: str, target: str, key: str) -> str | None:
+        """The txn id of a reaction still in the outbox."""
+        for txn_id, content_b in self._all(
+            "SELECT txn_id, content FROM outbox WHERE room_id = ? AND kind = 'event' "
+            "AND event_type = 'm.reaction'",
+            (room_id,),
+        ):
+            rel = _unpack_dict(content_b).get("m.relates_to") or {}
+            if rel.get("event_id") == target and rel.get("key") == key:
+                return str(txn_id)
+        return None
+
+    def message_sender(self, ref: str) -> str | None:
+        """Who sent the row with event id or txn id ``ref`` (None: not in the cache)."""
+        column = "event_id" if is_event_id(ref) else "txn_id"
+        value = self._scalar(f"SELECT sender FROM messages WHERE {column} = ?", (ref,))
+        return value if isinstance(value, str) else None
+
+    def latest_event_id(self, room_id: str) -> str | None:
+        value = self._scalar(
+            "SELECT event_id FROM messages WHERE room_id = ? AND event_id IS NOT NULL "
+            "ORDER BY pos DESC LIMIT 1",
+            (room_id,),
+        )
+        return value if isinstance(value, str) else None
+
+    def forget_room(self, room_id: str) -> list[LoggedEvent]:
+        """Remove a room and everything cached about it."""
+        with self._transaction() as events:
+            for table in ("messages", "members", "receipts", "gaps", "relations", "outbox"):
+                self._conn.execute(f"DELETE FROM {table} WHERE room_id = ?", (room_id,))
+            row = self._room_row(room_id)
+            self._conn.execute("DELETE FROM rooms WHERE room_id = ?", (room_id,))
+            if row is not None:
+                row["membership"] = "leave"
+                self._log(events, RoomUpdated(seq=0, room=_room_info(row)))
+        return events
+
+    def direct_map(self) -> dict[str, list[str]]:
+        value = self._scalar("SELECT value FROM meta WHERE key = 'm.direct'")
+        return json.loads(value) if isinstance(value, str) else {}
 
 
 def migrate(conn: apsw.Connection) -> None:

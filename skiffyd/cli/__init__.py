@@ -238,18 +238,262 @@ def backfill(
     print(f"{result.added} messages added ({result.fetched} events fetched); {more}")
 
 
-@app.command()
-def send(
-    room: Annotated[str, typer.Argument(help="The room id")],
-    text: Annotated[str, typer.Argument(help="The message")],
-    as_json: JsonOpt = False,
-) -> None:
-    """Queue a message; prints its transaction id at once. The outbox delivers it."""
-    result = _request(wire.Send(room_id=room, body=text), wire.SendResult)
+def _print_txn(result: wire.SendResult, as_json: bool) -> None:
     if as_json:
         _print_json({"txn_id": result.txn_id})
     else:
         print(result.txn_id)
+
+
+@app.command()
+def send(
+    room: Annotated[str, typer.Argument(help="The room id")],
+    text: Annotated[str, typer.Argument(help="The message (Markdown)")],
+    plain: Annotated[bool, typer.Option("--plain", help="Send as plain text, no Markdown")] = False,
+    notice: Annotated[bool, typer.Option("--notice", help="Send as a notice (m.notice)")] = False,
+    emote: Annotated[bool, typer.Option("--emote", help="Send as an emote (/me)")] = False,
+    reply_to: Annotated[
+        str | None, typer.Option(help="Reply to this event (or pending txn)")
+    ] = None,
+    thread: Annotated[
+        str | None, typer.Option(help="Send in the thread of this root event")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Queue a message; prints its transaction id at once. The outbox delivers it."""
+    if notice and emote:
+        _fail("--notice and --emote exclude each other")
+    msgtype = "m.notice" if notice else "m.emote" if emote else "m.text"
+    result = _request(
+        wire.Send(
+            room_id=room,
+            body=text,
+            msgtype=msgtype,
+            markdown=not plain,
+            reply_to=reply_to,
+            thread_root=thread,
+        ),
+        wire.SendResult,
+    )
+    _print_txn(result, as_json)
+
+
+@app.command()
+def edit(
+    room: Annotated[str, typer.Argument(help="The room id")],
+    target: Annotated[str, typer.Argument(help="Your message's event id, or its pending txn id")],
+    text: Annotated[str, typer.Argument(help="The new text (Markdown)")],
+    plain: Annotated[bool, typer.Option("--plain", help="No Markdown")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Edit one of your messages."""
+    result = _request(
+        wire.Edit(room_id=room, target=target, body=text, markdown=not plain), wire.SendResult
+    )
+    _print_txn(result, as_json)
+
+
+@app.command()
+def redact(
+    room: Annotated[str, typer.Argument(help="The room id")],
+    target: Annotated[str, typer.Argument(help="The event id, or a pending txn id")],
+    reason: Annotated[str | None, typer.Option(help="Why (shown to others)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete (redact) an event; a message not sent yet is simply taken back."""
+    _print_txn(
+        _request(wire.Redact(room_id=room, target=target, reason=reason), wire.SendResult), as_json
+    )
+
+
+@app.command()
+def react(
+    room: Annotated[str, typer.Argument(help="The room id")],
+    target: Annotated[str, typer.Argument(help="The event id, or a pending txn id")],
+    key: Annotated[str, typer.Argument(help="The reaction, e.g. 👍")],
+    as_json: JsonOpt = False,
+) -> None:
+    """React to an event."""
+    _print_txn(_request(wire.React(room_id=room, target=target, key=key), wire.SendResult), as_json)
+
+
+@app.command()
+def unreact(
+    room: Annotated[str, typer.Argument(help="The room id")],
+    target: Annotated[str, typer.Argument(help="The event id")],
+    key: Annotated[str, typer.Argument(help="The reaction to remove")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove your reaction."""
+    _print_txn(
+        _request(wire.Unreact(room_id=room, target=target, key=key), wire.SendResult), as_json
+    )
+
+
+@app.command()
+def read(
+    room: Annotated[str, typer.Argument(help="The room id")],
+    event_id: Annotated[
+        str | None, typer.Argument(help="Up to this event (default: the latest)")
+    ] = None,
+) -> None:
+    """Mark a room read (read receipt and fully-read marker)."""
+    _request(wire.MarkRead(room_id=room, event_id=event_id), wire.OkResult)
+
+
+@app.command()
+def typing(
+    room: Annotated[str, typer.Argument(help="The room id")],
+    state: Annotated[str, typer.Argument(help="on or off")],
+) -> None:
+    """Tell the room you are typing, or stopped."""
+    if state not in ("on", "off"):
+        _fail("typing takes on or off")
+    _request(wire.SetTyping(room_id=room, typing=state == "on"), wire.OkResult)
+
+
+@app.command()
+def create(
+    name: Annotated[str | None, typer.Option(help="The room name")] = None,
+    topic: Annotated[str | None, typer.Option(help="The topic")] = None,
+    public: Annotated[bool, typer.Option("--public", help="Anyone can join")] = False,
+    encrypted: Annotated[bool, typer.Option("--encrypted", help="Turn on encryption")] = False,
+    invite: Annotated[list[str] | None, typer.Option(help="Invite this user (repeatable)")] = None,
+    direct: Annotated[
+        bool, typer.Option("--direct", help="A direct chat with the one invitee")
+    ] = False,
+) -> None:
+    """Create a room; prints its id."""
+    result = _request(
+        wire.CreateRoom(
+            name=name,
+            topic=topic,
+            public=public,
+            encrypted=encrypted,
+            invite=invite or [],
+            direct=direct,
+        ),
+        wire.JoinResult,
+        timeout=60.0,
+    )
+    print(result.room_id)
+
+
+@app.command()
+def leave(room: Annotated[str, typer.Argument(help="The room id")]) -> None:
+    """Leave a room (or reject an invite)."""
+    _request(wire.Leave(room_id=room), wire.OkResult, timeout=60.0)
+
+
+@app.command()
+def forget(room: Annotated[str, typer.Argument(help="The room id")]) -> None:
+    """Leave if needed, forget the room on the server, and drop it from the cache."""
+    _request(wire.Forget(room_id=room), wire.OkResult, timeout=60.0)
+
+
+@app.command()
+def invite(
+    room: Annotated[str, typer.Argument(help="The room id")],
+    user: Annotated[str, typer.Argument(help="The user id")],
+) -> None:
+    """Invite a user."""
+    _request(wire.Invite(room_id=room, user_id=user), wire.OkResult, timeout=60.0)
+
+
+@app.command()
+def kick(
+    room: Annotated[str, typer.Argument(help="The room id")],
+    user: Annotated[str, typer.Argument(help="The user id")],
+    reason: Annotated[str | None, typer.Option(help="Why")] = None,
+) -> None:
+    """Remove a user from a room."""
+    _request(wire.Kick(room_id=room, user_id=user, reason=reason), wire.OkResult, timeout=60.0)
+
+
+@app.command()
+def ban(
+    room: Annotated[str, typer.Argument(help="The room id")],
+    user: Annotated[str, typer.Argument(help="The user id")],
+    reason: Annotated[str | None, typer.Option(help="Why")] = None,
+) -> None:
+    """Ban a user from a room."""
+    _request(wire.Ban(room_id=room, user_id=user, reason=reason), wire.OkResult, timeout=60.0)
+
+
+@app.command()
+def dm(user: Annotated[str, typer.Argument(help="The user id")]) -> None:
+    """Open the direct chat with a user (reused if one exists, else created); prints its id."""
+    print(_request(wire.OpenDirect(user_id=user), wire.JoinResult, timeout=60.0).room_id)
+
+
+profile_app = typer.Typer(help="Profiles: yours and others'.", no_args_is_help=True)
+app.add_typer(profile_app, name="profile")
+
+
+@profile_app.command("get")
+def profile_get(
+    user: Annotated[str | None, typer.Argument(help="A user id (default: you)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A profile's display name and avatar."""
+    p = _request(wire.GetProfile(user_id=user), wire.ProfileResult, timeout=60.0).profile
+    if as_json:
+        _print_json(p)
+    else:
+        print(f"{p.user_id}: {p.display_name or '(no display name)'}")
+
+
+@profile_app.command("set-name")
+def profile_set_name(name: Annotated[str, typer.Argument(help="The new display name")]) -> None:
+    """Set your display name."""
+    _request(wire.SetDisplayName(display_name=name), wire.OkResult, timeout=60.0)
+
+
+users_app = typer.Typer(help="The homeserver's user directory.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+
+
+@users_app.command("search")
+def users_search(
+    query: Annotated[str, typer.Argument(help="Part of a name or user id")],
+    limit: Annotated[int, typer.Option(min=1, max=100)] = 10,
+    as_json: JsonOpt = False,
+) -> None:
+    """Search the user directory."""
+    result = _request(wire.SearchUsers(query=query, limit=limit), wire.UsersResult, timeout=60.0)
+    if as_json:
+        _print_json({"results": result.results, "limited": result.limited})
+        return
+    for u in result.results:
+        print(f"{u.user_id}" + (f" ({u.display_name})" if u.display_name else ""))
+
+
+outbox_app = typer.Typer(help="What is waiting to be sent.", no_args_is_help=True)
+app.add_typer(outbox_app, name="outbox")
+
+
+@outbox_app.command("list")
+def outbox_list(as_json: JsonOpt = False) -> None:
+    """Pending and failed items, oldest first."""
+    items = _request(wire.OutboxList(), wire.OutboxResult).items
+    if as_json:
+        _print_json(items)
+        return
+    for i in items:
+        error = f" — {i.last_error}" if i.last_error else ""
+        print(f"{i.txn_id} {i.room_id} {i.kind} {i.state} (tries {i.attempts}){error}")
+
+
+@outbox_app.command("retry")
+def outbox_retry(txn: Annotated[str, typer.Argument(help="The txn id of a failed item")]) -> None:
+    """Put a failed item back in the queue."""
+    _request(wire.OutboxRetry(txn_id=txn), wire.OkResult)
+
+
+@outbox_app.command("cancel")
+def outbox_cancel(txn: Annotated[str, typer.Argument(help="The txn id")]) -> None:
+    """Take back an item that is queued or failed (and what depends on it)."""
+    _request(wire.OutboxCancel(txn_id=txn), wire.OkResult)
 
 
 def _describe(event: wire.Event) -> str:
@@ -266,6 +510,13 @@ def _describe(event: wire.Event) -> str:
         case wire.Typing():
             who = ", ".join(event.user_ids) or "nobody"
             return f"-- typing in {event.room_id}: {who}"
+        case wire.MessageRemoved():
+            return f"#{event.seq} removed {event.room_id} {event.txn_id}"
+        case wire.OutboxUpdated(item=i):
+            state = "done" if event.removed else i.state
+            return f"#{event.seq} outbox {i.txn_id} {state}" + (
+                f": {i.last_error}" if i.last_error else ""
+            )
 
 
 @app.command()

@@ -1,50 +1,63 @@
-"""The outbox's decisions: what to send next, and what a failure means.
+"""The outbox's decisions: what to send next, how, and what a failure means.
 
 Theory of operation
 -------------------
-An outbox item is written to the cache (with its local echo) before any
-network I/O. Its ``txn_id`` is generated once, at that moment, and is the
-Matrix transaction id of every attempt: the homeserver scopes txnIds to the
-device and answers a repeated PUT with the original event id, so a retry
-after a crash, an outage or a restart can never create a second event.
+An outbox item is written to the cache (with its local echo, for a message)
+before any network I/O. Its ``txn_id`` is generated once, at that moment,
+and is the Matrix transaction id of every attempt: the homeserver scopes
+txnIds to the device and answers a repeated PUT with the original event id,
+so a retry after a crash, an outage or a token refresh can never create a
+second event. (A read-marker item has no txnId; it is idempotent anyway.)
 
 Per room the queue is FIFO with one item in flight: :func:`heads` picks, for
-each room, its oldest item, and a room whose oldest item has failed
-permanently is held (nothing behind it is sent out of order) until the user
-retries or cancels it.
+each room, its oldest item. A room whose oldest item failed permanently is
+held (nothing behind it is sent out of order) until the user retries or
+cancels it. An item may point at an earlier item of the same room instead of
+an event id (an edit, reaction or redaction of a message not yet sent): FIFO
+means the earlier one is sent first, and :func:`request_for` puts its event
+id into the request when the dependent's turn comes.
 
 :func:`on_failure` classifies an error: transient (network, timeouts, bad
 gateway answers, 5xx, 429) and 401 (a session matter, not the message's) →
-retry after a backoff delay that honours ``retry_after_ms``; anything else (403, 413, unknown room, …) → permanent.
+retry after a backoff delay that honours ``retry_after_ms``; anything else
+(403, 413, unknown room, …) → permanent. :class:`Breaker` stops all sending
+for a while after consecutive failures against the homeserver.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+import copy
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote
 
 from skiffyd.errors import MatrixError, RequestFailedError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from skiffyd.core.backoff import Backoff
 
 ItemState = Literal["queued", "failed"]
+Kind = Literal["event", "redaction", "receipt"]
 
 
 @dataclass(slots=True, frozen=True)
 class OutboxItem:
-    ord: int
+    seq: int
     txn_id: str
     room_id: str
-    msgtype: str
-    body: str
+    kind: Kind
+    event_type: str | None
+    content: dict[str, Any]
     state: ItemState
+    #: An event id ($…), or the txn id of an earlier item of the same room.
+    target: str | None = None
     attempts: int = 0
+    last_error: str | None = None
 
     def __repr__(self) -> str:  # never show a message body
-        return f"OutboxItem(ord={self.ord}, txn_id={self.txn_id!r}, state={self.state!r})"
+        return f"OutboxItem(seq={self.seq}, txn_id={self.txn_id!r}, kind={self.kind!r}, state={self.state!r})"
 
 
 @dataclass(slots=True, frozen=True)
@@ -57,12 +70,78 @@ class GiveUp:
     reason: str
 
 
+@dataclass(slots=True, frozen=True)
+class HttpRequest:
+    method: str
+    path: str
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+class Unresolved(Exception):
+    """The item's target is an earlier item that has no event id yet."""
+
+
+def is_event_id(value: str) -> bool:
+    return value.startswith("$")
+
+
 def heads(items: Iterable[OutboxItem]) -> list[OutboxItem]:
-    """The next item to send for each room, oldest room head first."""
+    """The next item to send for each room, in global FIFO order."""
     first: dict[str, OutboxItem] = {}
-    for item in sorted(items, key=lambda i: i.ord):
+    for item in sorted(items, key=lambda i: i.seq):
         first.setdefault(item.room_id, item)
     return [i for i in first.values() if i.state == "queued"]
+
+
+def _fill(content: dict[str, Any], resolve: Callable[[str], str]) -> dict[str, Any]:
+    """``content`` with txn-id references in its relation replaced by event ids."""
+    relates = content.get("m.relates_to")
+    if not isinstance(relates, dict):
+        return content
+    out = copy.deepcopy(content)
+    rel = out["m.relates_to"]
+    if isinstance(rel.get("event_id"), str) and not is_event_id(rel["event_id"]):
+        rel["event_id"] = resolve(rel["event_id"])
+    reply = rel.get("m.in_reply_to")
+    reply_ref = reply.get("event_id") if isinstance(reply, dict) else None
+    if isinstance(reply_ref, str) and not is_event_id(reply_ref):
+        reply["event_id"] = resolve(reply_ref)
+    return out
+
+
+def request_for(item: OutboxItem, resolve: Callable[[str], str | None]) -> HttpRequest:
+    """The HTTP request that delivers ``item``; :class:`Unresolved` if it must wait."""
+
+    def must(ref: str) -> str:
+        if is_event_id(ref):
+            return ref
+        event_id = resolve(ref)
+        if event_id is None:
+            raise Unresolved(ref)
+        return event_id
+
+    room = quote(item.room_id, safe="")
+    txn = quote(item.txn_id, safe="")
+    if item.kind == "event":
+        assert item.event_type is not None
+        return HttpRequest(
+            "PUT",
+            f"/_matrix/client/v3/rooms/{room}/send/{quote(item.event_type, safe='')}/{txn}",
+            _fill(item.content, must),
+        )
+    if item.kind == "redaction":
+        assert item.target is not None
+        target = quote(must(item.target), safe="")
+        return HttpRequest(
+            "PUT", f"/_matrix/client/v3/rooms/{room}/redact/{target}/{txn}", dict(item.content)
+        )
+    assert item.target is not None
+    event_id = must(item.target)
+    return HttpRequest(
+        "POST",
+        f"/_matrix/client/v3/rooms/{room}/read_markers",
+        {"m.fully_read": event_id, "m.read": event_id},
+    )
 
 
 def on_failure(error: MatrixError, backoff: Backoff, unit_random: float) -> Retry | GiveUp:
@@ -76,3 +155,31 @@ def on_failure(error: MatrixError, backoff: Backoff, unit_random: float) -> Retr
     if isinstance(error, RequestFailedError):
         return GiveUp(f"{error.status} {error.errcode or 'error'}")
     return GiveUp(error.code)
+
+
+@dataclass(slots=True)
+class Breaker:
+    """Opens after ``threshold`` consecutive failures, for ``cooldown`` seconds.
+
+    The caller passes the clock (``now``), so this is plain arithmetic.
+    """
+
+    threshold: int = 5
+    cooldown: float = 30.0
+    consecutive: int = 0
+    open_until: float | None = None
+
+    def record_failure(self, now: float) -> None:
+        self.consecutive += 1
+        if self.consecutive >= self.threshold:
+            self.open_until = now + self.cooldown
+
+    def record_success(self) -> None:
+        self.consecutive = 0
+        self.open_until = None
+
+    def wait(self, now: float) -> float:
+        """Seconds until sending may resume (0 when closed)."""
+        if self.open_until is None or now >= self.open_until:
+            return 0.0
+        return self.open_until - now

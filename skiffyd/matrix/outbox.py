@@ -1,34 +1,59 @@
-"""The outbox service: delivers queued messages, exactly once, FIFO per room.
+"""The outbox service: delivers queued items, exactly once, FIFO per room.
 
-The decisions (which item next, retry or give up) are in
-:mod:`skiffyd.core.outbox`; this service only moves bytes and records
-outcomes. Each PUT reuses the item's txnId, so a repeat after a crash or a
-lost answer returns the original event id instead of a second event.
+The decisions (which item next, what request, retry or give up, the
+breaker) are in :mod:`skiffyd.core.outbox`; this service only moves bytes and
+records outcomes. Each PUT reuses the item's txnId, so a repeat after a crash
+or a lost answer returns the original event id instead of a second event.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 import structlog
 import trio
 
 from skiffyd.core.backoff import Backoff
-from skiffyd.core.outbox import GiveUp, OutboxItem, heads, on_failure
+from skiffyd.core.outbox import (
+    Breaker,
+    GiveUp,
+    OutboxItem,
+    Unresolved,
+    heads,
+    is_event_id,
+    on_failure,
+    request_for,
+)
 from skiffyd.core.wire import send_decoder
-from skiffyd.errors import MatrixError
-from skiffyd.matrix.transport import Transport, decode
+from skiffyd.errors import MatrixError, RequestFailedError
+from skiffyd.matrix.transport import decode
 
 if TYPE_CHECKING:
-    from ipc_schema import LoggedEvent
+    from collections.abc import Awaitable, Callable, Sequence
+
+    from ipc_schema import Event
     from skiffyd.cache import Cache
+    from skiffyd.matrix.transport import Transport
 
 log = structlog.get_logger(__name__)
 
-Db = Callable[..., Awaitable[Any]]
+
+def _references(item: OutboxItem) -> set[str]:
+    """The txn ids ``item`` points at (they need event ids before it can go)."""
+    refs = set()
+    if item.target is not None and not is_event_id(item.target):
+        refs.add(item.target)
+    relates = item.content.get("m.relates_to")
+    if isinstance(relates, dict):
+        ref = relates.get("event_id")
+        if isinstance(ref, str) and not is_event_id(ref):
+            refs.add(ref)
+        reply = relates.get("m.in_reply_to")
+        reply_ref = reply.get("event_id") if isinstance(reply, dict) else None
+        if isinstance(reply_ref, str) and not is_event_id(reply_ref):
+            refs.add(reply_ref)
+    return refs
 
 
 class OutboxService:
@@ -37,31 +62,45 @@ class OutboxService:
         *,
         transport: Transport,
         cache: Cache,
-        db: Db,
-        publish: Callable[[Sequence[LoggedEvent]], None],
+        db: Callable[..., Awaitable[Any]],
+        publish: Callable[[Sequence[Event]], None],
     ) -> None:
         self._transport = transport
         self._cache = cache
         self._db = db
         self._publish = publish
         self._wake = trio.Event()
+        self._kick = trio.Event()
+        self._waiting_for_network = False
+        self.breaker = Breaker()
+        #: The txn ids being sent right now (at most one per room).
+        self.in_flight: set[str] = set()
 
     def wake(self) -> None:
+        """New work: start now, unless waiting out a failure."""
         self._wake.set()
+
+    def homeserver_reachable(self) -> None:
+        """Sync got through: a wait for the network to come back may end early.
+
+        A wait the server asked for (429 ``retry_after_ms``) is never cut short.
+        """
+        if self._waiting_for_network:
+            self._kick.set()
 
     async def _sleep_until_woken(self, seconds: float = float("inf")) -> None:
         with trio.move_on_after(seconds):
             await self._wake.wait()
         self._wake = trio.Event()
 
-    async def _send(self, item: OutboxItem) -> str:
-        path = (
-            f"/_matrix/client/v3/rooms/{quote(item.room_id, safe='')}/send/"
-            f"m.room.message/{quote(item.txn_id, safe='')}"
-        )
-        data = await self._transport.request(
-            "PUT", path, json={"msgtype": item.msgtype, "body": item.body}
-        )
+    async def _deliver(self, item: OutboxItem) -> str | None:
+        resolved = {
+            ref: await self._db(self._cache.event_id_for_txn, ref) for ref in _references(item)
+        }
+        request = request_for(item, resolved.get)
+        data = await self._transport.request(request.method, request.path, json=request.body)
+        if item.kind == "receipt":
+            return None
         return decode(send_decoder, data, "send").event_id
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -69,14 +108,29 @@ class OutboxService:
         backoff = Backoff()
         rng = random.Random()
         while True:
+            pause = self.breaker.wait(trio.current_time())
+            if pause > 0:
+                log.info("outbox.breaker_open", resume_in_s=round(pause, 1))
+                await trio.sleep(pause)
             todo = heads(await self._db(self._cache.outbox_items))
             if not todo:
                 await self._sleep_until_woken()
                 continue
             retry_in: float | None = None
             for item in todo:
+                self.in_flight.add(item.txn_id)
+                # Cancelled since the list was read? (A cancel refuses items
+                # in flight, and its cache call was queued before this one.)
+                if await self._db(self._cache.outbox_item, item.txn_id) is None:
+                    self.in_flight.discard(item.txn_id)
+                    continue
                 try:
-                    event_id = await self._send(item)
+                    event_id = await self._deliver(item)
+                except Unresolved:
+                    reason = "what it points at was never sent"
+                    log.warning("outbox.failed", txn_id=item.txn_id, reason=reason)
+                    self._publish(await self._db(self._cache.mark_failed, item.txn_id, reason))
+                    continue
                 except MatrixError as exc:
                     decision = on_failure(exc, backoff, rng.random())
                     if isinstance(decision, GiveUp):
@@ -85,17 +139,28 @@ class OutboxService:
                             await self._db(self._cache.mark_failed, item.txn_id, decision.reason)
                         )
                         continue
+                    self.breaker.record_failure(trio.current_time())
                     await self._db(self._cache.record_attempt, item.txn_id, exc.code)
                     log.info(
                         "outbox.retry",
                         txn_id=item.txn_id,
                         code=exc.code,
+                        status=getattr(exc, "status", None),
                         retry_in_s=round(decision.delay, 2),
                     )
                     retry_in = decision.delay
+                    self._waiting_for_network = not (
+                        isinstance(exc, RequestFailedError) and exc.retry_after_ms
+                    )
                     break
+                finally:
+                    self.in_flight.discard(item.txn_id)
                 backoff.reset()
+                self.breaker.record_success()
                 self._publish(await self._db(self._cache.mark_sent, item.txn_id, event_id))
-                log.info("outbox.sent", txn_id=item.txn_id)
+                log.info("outbox.sent", txn_id=item.txn_id, kind=item.kind)
             if retry_in is not None:
-                await self._sleep_until_woken(retry_in)
+                self._kick = trio.Event()
+                with trio.move_on_after(retry_in):
+                    await self._kick.wait()
+                self._waiting_for_network = False

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import apsw
 import pytest
@@ -53,6 +53,25 @@ def _msg(event_id: str, body: str, sender: str = "@a:x", txn_id: str | None = No
     return item
 
 
+def _send(cache: Cache, body: str, txn_id: str, room_id: str = ROOM) -> list[Any]:
+    """Queue a text message; the message events it logged (outbox events aside)."""
+    events = cache.enqueue(
+        room_id=room_id,
+        txn_id=txn_id,
+        kind="event",
+        event_type="m.room.message",
+        content={"msgtype": "m.text", "body": body},
+        target=None,
+        ts=5,
+        echo=True,
+    )
+    return [e for e in events if isinstance(e, MessageAdded | MessageUpdated)]
+
+
+def _messages_only(events: list[Any]) -> list[Any]:
+    return [e for e in events if isinstance(e, MessageAdded | MessageUpdated)]
+
+
 def _plan(token: str, *items: TimelineItem, name: str | None = None) -> SyncPlan:
     changes: dict[str, object] = {"membership": "join", "joined_count": 2}
     if name is not None:
@@ -100,25 +119,27 @@ def test_a_failed_apply_leaves_nothing_behind(
 
 def test_local_echo_reconciled_from_sync_or_send(cache: Cache) -> None:
     cache.apply_sync(_plan("s1"))
-    [added] = cache.enqueue_message(room_id=ROOM, body="hi", msgtype="m.text", txn_id="t1", ts=5)
+    [added] = _send(cache, "hi", "t1")
     assert isinstance(added, MessageAdded)
     assert added.message.status == "pending"
     assert added.message.event_id is None
     assert cache.outbox_count() == 1
     # Sync brings our event back before the PUT answered.
-    [updated] = cache.apply_sync(_plan("s2", _msg("$e", "hi", sender=ME, txn_id="t1")))
+    [updated] = _messages_only(
+        cache.apply_sync(_plan("s2", _msg("$e", "hi", sender=ME, txn_id="t1")))
+    )
     assert isinstance(updated, MessageUpdated)
     assert (updated.message.event_id, updated.message.status) == ("$e", "sent")
     assert cache.outbox_count() == 0
     # The PUT's answer arrives after: nothing changes, nothing duplicated.
-    assert cache.mark_sent("t1", "$e") == []
+    assert _messages_only(cache.mark_sent("t1", "$e")) == []
     assert [(m.event_id, m.status) for m in cache.messages(ROOM, 10)[0]] == [("$e", "sent")]
 
 
 def test_mark_sent_then_sync_echo(cache: Cache) -> None:
     cache.apply_sync(_plan("s1"))
-    cache.enqueue_message(room_id=ROOM, body="hi", msgtype="m.text", txn_id="t1", ts=5)
-    [updated] = cache.mark_sent("t1", "$e")
+    _send(cache, "hi", "t1")
+    [updated] = _messages_only(cache.mark_sent("t1", "$e"))
     assert updated.message.status == "sent"
     assert cache.apply_sync(_plan("s2", _msg("$e", "hi", sender=ME, txn_id="t1"))) == []
     assert len(cache.messages(ROOM, 10)[0]) == 1
@@ -126,12 +147,12 @@ def test_mark_sent_then_sync_echo(cache: Cache) -> None:
 
 def test_outbox_failure_and_unknown_room(cache: Cache) -> None:
     with pytest.raises(UnknownRoomError):
-        cache.enqueue_message(room_id="!nope:x", body="hi", msgtype="m.text", txn_id="t0", ts=1)
+        _send(cache, "hi", "t0", room_id="!nope:x")
     cache.apply_sync(_plan("s1"))
-    cache.enqueue_message(room_id=ROOM, body="a", msgtype="m.text", txn_id="t1", ts=1)
-    cache.enqueue_message(room_id=ROOM, body="b", msgtype="m.text", txn_id="t2", ts=2)
+    _send(cache, "a", "t1")
+    _send(cache, "b", "t2")
     assert [i.txn_id for i in cache.outbox_items()] == ["t1", "t2"]
-    [failed] = cache.mark_failed("t1", "403 M_FORBIDDEN")
+    [failed] = _messages_only(cache.mark_failed("t1", "403 M_FORBIDDEN"))
     assert failed.message.status == "failed"
     assert [(i.txn_id, i.state) for i in cache.outbox_items()] == [
         ("t1", "failed"),
@@ -166,7 +187,7 @@ def test_file_holds_no_plaintext_and_is_private(tmp_path: Path, key: str) -> Non
     marker = "plaintext-marker-" + secrets.token_hex(8)
     c = Cache.open(tmp_path / "c.db", key, ME)
     c.apply_sync(_plan("s1", _msg("$1", marker), name="Secret room " + marker))
-    c.enqueue_message(room_id=ROOM, body=marker + "-out", msgtype="m.text", txn_id="t", ts=1)
+    _send(c, marker + "-out", "t")
     c.close()
     for f in tmp_path.iterdir():
         assert marker.encode() not in f.read_bytes(), f.name

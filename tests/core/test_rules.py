@@ -64,10 +64,16 @@ def test_backoff_grows_caps_and_honours_floor() -> None:
     assert b.next_delay(1.0) == 1.0
 
 
-def _item(ord_: int, room: str, state: str = "queued") -> OutboxItem:
+def _item(seq: int, room: str, state: str = "queued") -> OutboxItem:
     return OutboxItem(
-        ord=ord_, txn_id=f"t{ord_}", room_id=room, msgtype="m.text", body="x", state=state
-    )  # type: ignore[arg-type]
+        seq=seq,
+        txn_id=f"t{seq}",
+        room_id=room,
+        kind="event",
+        event_type="m.room.message",
+        content={"msgtype": "m.text", "body": "x"},
+        state=state,  # type: ignore[arg-type]
+    )
 
 
 def test_heads_fifo_per_room_and_failed_head_holds_room() -> None:
