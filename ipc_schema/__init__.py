@@ -58,6 +58,7 @@ class ErrorCode:
     SESSION_NOT_LOGGED_IN = "SKIFFY_SESSION_NOT_LOGGED_IN"
     SESSION_ALREADY_LOGGED_IN = "SKIFFY_SESSION_ALREADY_LOGGED_IN"
     SESSION_LOGIN_FAILED = "SKIFFY_SESSION_LOGIN_FAILED"
+    SESSION_EXPIRED = "SKIFFY_SESSION_EXPIRED"
     MATRIX_INSECURE_HOMESERVER = "SKIFFY_MATRIX_INSECURE_HOMESERVER"
     MATRIX_UNREACHABLE = "SKIFFY_MATRIX_UNREACHABLE"
     MATRIX_BAD_RESPONSE = "SKIFFY_MATRIX_BAD_RESPONSE"
@@ -186,7 +187,9 @@ class Login(msgspec.Struct, tag_field="cmd", tag="login", kw_only=True):
 
 
 class Logout(msgspec.Struct, tag_field="cmd", tag="logout", kw_only=True):
-    pass
+    #: Keep the cache and the crypto store on disk (they stay encrypted;
+    #: their key leaves with the keyring item, so they cannot be read again).
+    keep_cache: bool = False
 
 
 class Rooms(msgspec.Struct, tag_field="cmd", tag="rooms", kw_only=True):
@@ -394,6 +397,15 @@ class StatusResult(msgspec.Struct, tag_field="type", tag="status", kw_only=True)
     full_syncs: int = 0
     #: Completed /sync round trips in this process.
     syncs: int = 0
+    #: What the homeserver says of itself and of this session.
+    server_versions: list[str] = msgspec.field(default_factory=list)
+    uses_refresh_token: bool = False
+    token_expires_at_ms: int | None = None
+    #: Refreshes of the access token in this process.
+    token_refreshes: int = 0
+    #: The device's ed25519 fingerprint and whether its keys are on the server.
+    device_fingerprint: str | None = None
+    keys_uploaded: bool = False
 
 
 class LoginResult(msgspec.Struct, tag_field="type", tag="login", kw_only=True):
@@ -523,6 +535,17 @@ class Typing(msgspec.Struct, tag_field="type", tag="typing", kw_only=True):
     user_ids: list[str]
 
 
+class SessionExpired(msgspec.Struct, tag_field="type", tag="session_expired", kw_only=True):
+    """Ephemeral: the homeserver ended the session. ``revoked``: it was logged
+    out elsewhere and the credentials are gone; else the token could not be
+    refreshed. Either way: log in again."""
+
+    seq: int
+    user_id: str
+    revoked: bool
+    message: str
+
+
 class SessionStateChanged(msgspec.Struct, tag_field="type", tag="session_state", kw_only=True):
     """Ephemeral: not in the change log; ``seq`` is the last log seq when sent."""
 
@@ -539,6 +562,7 @@ Event = (
     | MemberUpdated
     | OutboxUpdated
     | SessionStateChanged
+    | SessionExpired
     | Typing
 )
 #: Events that are stored in the change log (and so returned by ChangesSince).
@@ -684,6 +708,7 @@ __all__ = [
     "SearchUsers",
     "Send",
     "SendResult",
+    "SessionExpired",
     "SessionState",
     "SessionStateChanged",
     "SetDisplayName",

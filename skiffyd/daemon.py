@@ -28,6 +28,7 @@ import fcntl
 import os
 import shutil
 import signal
+import time
 import uuid
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -45,6 +46,7 @@ from skiffyd.errors import (
     DaemonAlreadyRunningError,
     MatrixError,
     NotLoggedInError,
+    SessionExpiredError,
     SkiffyError,
     UnknownRoomError,
 )
@@ -53,7 +55,8 @@ from skiffyd.matrix import history
 from skiffyd.matrix import session as matrix_session
 from skiffyd.matrix.crypto import Crypto
 from skiffyd.matrix.outbox import OutboxService
-from skiffyd.matrix.sync import SessionExpiredError, SyncService
+from skiffyd.matrix.session import TokenManager
+from skiffyd.matrix.sync import SyncService
 from skiffyd.matrix.transport import Transport
 from skiffyd.notify import notify
 
@@ -84,14 +87,22 @@ def acquire_lock(paths: Paths) -> int:
 class AccountSession:
     """Everything that exists only while an account is logged in."""
 
-    def __init__(self, creds: Credentials, cache: Cache, transport: Transport) -> None:
-        self.creds = creds
+    def __init__(self, tokens: TokenManager, cache: Cache, transport: Transport) -> None:
+        self.tokens = tokens
         self.cache = cache
         self.transport = transport
         self.crypto: Crypto | None = None
         self.sync: SyncService | None = None
         self.outbox: OutboxService | None = None
         self.cancel_scope = trio.CancelScope()
+        self.ending = False
+        self.server_versions: list[str] = []
+        self.keys_uploaded = False
+
+    @property
+    def creds(self) -> Credentials:
+        """The current credentials (the token manager replaces them on refresh)."""
+        return self.tokens.creds
 
 
 class Daemon:
@@ -187,8 +198,15 @@ class Daemon:
         account_dir = self.paths.account_dir(creds.user_id)
         self.paths.ensure_private_dir(account_dir)
         cache = await self.db(Cache.open, account_dir / "cache.db", creds.cache_key, creds.user_id)
-        transport = Transport(creds.homeserver, access_token=creds.access_token)
-        session = AccountSession(creds, cache, transport)
+        transport = Transport(creds.homeserver)
+        tokens = TokenManager(
+            creds,
+            transport=transport,
+            save=self._save_credentials,
+            on_expired=lambda exc: self._session_expired(session, exc),
+        )
+        transport.auth = tokens
+        session = AccountSession(tokens, cache, transport)
         try:
             session.crypto = await trio.to_thread.run_sync(
                 lambda: Crypto.load(
@@ -239,11 +257,42 @@ class Daemon:
                     task_status.started()
                     if session.crypto is not None:
                         nursery.start_soon(self._upload_keys, session)
-        except SessionExpiredError as exc:
-            log.warning("session.expired")
-            if self.session is session:
-                await self._close_session(session)
-                self.set_state("logged_out", exc.message)
+                    nursery.start_soon(self._learn_server, session)
+        except* SessionExpiredError as group:
+            # Services run in a nursery: their errors arrive as a group.
+            expired = group.exceptions[0]
+            assert isinstance(expired, SessionExpiredError)
+            await self._end_expired_session(session, expired)
+
+    async def _save_credentials(self, creds: Credentials) -> None:
+        with trio.CancelScope(shield=True):  # never half-rotated
+            await trio.to_thread.run_sync(credentials.save, creds)
+
+    def _session_expired(self, session: AccountSession, exc: SessionExpiredError) -> None:
+        """Called from wherever a request found the session dead."""
+        if self._nursery is not None and not session.ending:
+            self._nursery.start_soon(self._end_expired_session, session, exc)
+
+    async def _end_expired_session(self, session: AccountSession, exc: SessionExpiredError) -> None:
+        if session.ending or self.session is not session:
+            return
+        session.ending = True
+        user_id = session.creds.user_id
+        log.warning("session.expired", revoked=exc.revoked)
+        async with self._session_lock:
+            await self._close_session(session)
+            if exc.revoked:
+                # Logged out elsewhere: these credentials will never work again.
+                await trio.to_thread.run_sync(credentials.delete, user_id)
+                await trio.to_thread.run_sync(self._write_pointer, None)
+                account_dir = self.paths.account_dir(user_id)
+                await trio.to_thread.run_sync(
+                    lambda: shutil.rmtree(account_dir, ignore_errors=True)
+                )
+        self.publish(
+            [wire.SessionExpired(seq=0, user_id=user_id, revoked=exc.revoked, message=exc.message)]
+        )
+        self.set_state("logged_out", exc.message + " (`skiffyd login`)")
 
     async def _upload_keys(self, session: AccountSession) -> None:
         assert session.crypto is not None
@@ -253,6 +302,16 @@ class Daemon:
                 log.info("crypto.keys_uploaded")
             except MatrixError as exc:
                 log.info("crypto.keys_upload_failed", code=exc.code)
+                await trio.sleep(30)
+        session.keys_uploaded = True
+
+    async def _learn_server(self, session: AccountSession) -> None:
+        """The server's spec versions, for status; retried until it answers."""
+        while True:
+            try:
+                session.server_versions = await matrix_session.versions(session.transport)
+                return
+            except MatrixError:
                 await trio.sleep(30)
 
     async def _close_session(self, session: AccountSession) -> None:
@@ -290,7 +349,7 @@ class Daemon:
             case wire.Login():
                 return await self._login(request)
             case wire.Logout():
-                await self._logout()
+                await self._logout(keep_cache=request.keep_cache)
                 return wire.OkResult()
             case wire.Rooms():
                 s = self.require_session()
@@ -371,6 +430,12 @@ class Daemon:
             last_error=self.last_error,
             full_syncs=s.sync.full_syncs if s and s.sync else 0,
             syncs=s.sync.syncs if s and s.sync else 0,
+            server_versions=s.server_versions if s else [],
+            uses_refresh_token=bool(s and s.creds.refresh_token),
+            token_expires_at_ms=s.creds.expires_at_ms if s else None,
+            token_refreshes=s.tokens.refreshes if s else 0,
+            device_fingerprint=s.crypto.fingerprint if s and s.crypto else None,
+            keys_uploaded=bool(s and s.keys_uploaded),
         )
 
     async def _login(self, request: wire.Login) -> wire.LoginResult:
@@ -399,6 +464,11 @@ class Daemon:
                 device_id=response.device_id,
                 access_token=response.access_token,
                 refresh_token=response.refresh_token,
+                expires_at_ms=(
+                    int(time.time() * 1000) + response.expires_in_ms
+                    if response.expires_in_ms
+                    else None
+                ),
                 cache_key=Credentials.new_cache_key(),
                 pickle_key=Credentials.new_pickle_key(),
             )
@@ -425,7 +495,7 @@ class Daemon:
         tmp.write_text(user_id + "\n")
         os.replace(tmp, pointer)
 
-    async def _logout(self) -> None:
+    async def _logout(self, *, keep_cache: bool = False) -> None:
         async with self._session_lock:
             session = self.require_session()
             creds = session.creds
@@ -438,8 +508,11 @@ class Daemon:
             await self._close_session(session)
             await trio.to_thread.run_sync(credentials.delete, creds.user_id)
             await trio.to_thread.run_sync(self._write_pointer, None)
-            account_dir: Path = self.paths.account_dir(creds.user_id)
-            await trio.to_thread.run_sync(lambda: shutil.rmtree(account_dir, ignore_errors=True))
+            if not keep_cache:
+                account_dir: Path = self.paths.account_dir(creds.user_id)
+                await trio.to_thread.run_sync(
+                    lambda: shutil.rmtree(account_dir, ignore_errors=True)
+                )
             self.set_state("logged_out")
             log.info("session.logged_out")
 

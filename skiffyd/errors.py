@@ -8,7 +8,7 @@ optional ``details`` (plain JSON-able data, equally clean)::
     SkiffyError
     ├── IpcError            malformed, unknown or oversized requests; no daemon
     ├── DaemonError         already running, shutting down, internal
-    ├── SessionError        not logged in, login failed
+    ├── SessionError        not logged in, login failed, session expired
     ├── MatrixError         the homeserver side
     │   ├── InsecureHomeserverError   http:// to a non-loopback host
     │   ├── HomeserverUnreachableError  network errors, timeouts (transient)
@@ -74,6 +74,16 @@ class NotLoggedInError(SessionError):
 
 class LoginFailedError(SessionError):
     code = ErrorCode.SESSION_LOGIN_FAILED
+
+
+class SessionExpiredError(SessionError):
+    """The homeserver ended the session (revoked, or a refresh failed)."""
+
+    code = ErrorCode.SESSION_EXPIRED
+
+    def __init__(self, message: str, *, revoked: bool) -> None:
+        super().__init__(message, details={"revoked": revoked})
+        self.revoked = revoked
 
 
 class MatrixError(SkiffyError):

@@ -131,9 +131,13 @@ def login(
 
 
 @app.command()
-def logout() -> None:
+def logout(
+    keep_cache: Annotated[
+        bool, typer.Option("--keep-cache", help="Keep the (encrypted) cache files on disk")
+    ] = False,
+) -> None:
     """Log out: ends the session on the server and deletes local credentials and cache."""
-    _request(wire.Logout(), wire.OkResult, timeout=60.0)
+    _request(wire.Logout(keep_cache=keep_cache), wire.OkResult, timeout=60.0)
     print("logged out")
 
 
@@ -517,6 +521,8 @@ def _describe(event: wire.Event) -> str:
             return f"#{event.seq} outbox {i.txn_id} {state}" + (
                 f": {i.last_error}" if i.last_error else ""
             )
+        case wire.SessionExpired():
+            return f"-- session expired for {event.user_id}: {event.message}"
 
 
 @app.command()

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import threading
 import time
+import typing
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import msgspec
@@ -51,7 +53,28 @@ R = TypeVar("R", bound=msgspec.Struct)
 
 #: How many frames the subscriber's nng queue holds before nng drops (then
 #: the gap is filled through ChangesSince).
-SUB_RECV_BUFFER = 1024
+SUB_RECV_BUFFER = 32
+
+
+_LOGGED_TYPES: tuple[type, ...] = typing.get_args(ipc_schema.LoggedEvent)
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberStatistics:
+    """A snapshot of an :class:`EventSubscriber`'s counters."""
+
+    #: Event frames received from the daemon's Pub0 socket.
+    frames: int
+    #: Events yielded from those frames.
+    published_events: int
+    #: ``ChangesSince`` requests made to fill gaps (one per page).
+    catch_up_requests: int
+    #: Events yielded from ``ChangesSince`` answers (what the frames missed).
+    caught_up_events: int
+    #: Events skipped because they had already been yielded.
+    duplicates: int
+    #: Times the daemon answered ``reset`` (the UI had to reload).
+    resets: int
 
 
 class DaemonTimeoutError(DaemonNotRunningError):
@@ -224,6 +247,12 @@ class EventSubscriber:
         self._stop = threading.Event()
         self._last_seq: int | None = None
         self._instance_id: str | None = None
+        self._frames = 0
+        self._published_events = 0
+        self._catch_up_requests = 0
+        self._caught_up_events = 0
+        self._duplicates = 0
+        self._resets = 0
 
     @property
     def last_seq(self) -> int | None:
@@ -233,6 +262,16 @@ class EventSubscriber:
     @property
     def instance_id(self) -> str | None:
         return self._instance_id
+
+    def statistics(self) -> SubscriberStatistics:
+        return SubscriberStatistics(
+            frames=self._frames,
+            published_events=self._published_events,
+            catch_up_requests=self._catch_up_requests,
+            caught_up_events=self._caught_up_events,
+            duplicates=self._duplicates,
+            resets=self._resets,
+        )
 
     def connect(self) -> None:
         """Subscribe now (``iter_events`` does it on first use). Idempotent."""
@@ -288,6 +327,7 @@ class EventSubscriber:
                 return
             if idle_timeout is not None:
                 deadline = time.monotonic() + idle_timeout
+            self._frames += 1
             try:
                 batch = codec.decode_events(frame)
             except msgspec.DecodeError as exc:
@@ -302,20 +342,25 @@ class EventSubscriber:
                 if restarted and self._last_seq is not None:
                     yield from self._catch_up(on_reset)
             for event in batch.events:
-                if isinstance(event, ipc_schema.SessionStateChanged):
+                if not isinstance(event, _LOGGED_TYPES):
+                    # Ephemeral (session state, typing, session expired): not
+                    # in the change log, so never part of gap tracking.
                     yield event
                     continue
                 last = self._last_seq
                 if last is not None:
                     if event.seq <= last:
+                        self._duplicates += 1
                         continue  # already yielded
                     if event.seq > last + 1:
                         yield from self._catch_up(on_reset)
                         last = self._last_seq
                         assert last is not None
                         if event.seq <= last:
+                            self._duplicates += 1
                             continue
                 self._last_seq = event.seq
+                self._published_events += 1
                 yield event
 
     def _catch_up(self, on_reset: Callable[[int], None] | None) -> Iterator[ipc_schema.Event]:
@@ -326,7 +371,9 @@ class EventSubscriber:
             changes = self._client.request_as(
                 ipc_schema.ChangesSince(seq=asked), ipc_schema.ChangesResult
             )
+            self._catch_up_requests += 1
             if changes.reset:
+                self._resets += 1
                 self._last_seq = changes.last_seq
                 if on_reset is not None:
                     on_reset(changes.last_seq)
@@ -334,6 +381,7 @@ class EventSubscriber:
             for event in changes.events:
                 if event.seq > self._last_seq:
                     self._last_seq = event.seq
+                    self._caught_up_events += 1
                     yield event
             if not changes.more or self._last_seq == asked:
                 # Nothing more (or no progress: never loop on a confused answer).

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
-from ipc_schema import ErrorCode, Event, SessionState, Typing
+from ipc_schema import Event, SessionState, Typing
 from skiffyd.core.backoff import Backoff
 from skiffyd.core.sync import SyncPlan, plan_sync
 from skiffyd.core.wire import SyncResponse, sync_decoder
-from skiffyd.errors import MatrixError, RequestFailedError, SessionError
+from skiffyd.errors import MatrixError, RequestFailedError, SessionExpiredError
 from skiffyd.matrix.transport import Transport, decode
 
 if TYPE_CHECKING:
@@ -49,10 +49,6 @@ SYNC_FILTER = json.dumps(
 )
 
 Db = Callable[..., Awaitable[Any]]
-
-
-class SessionExpiredError(SessionError):
-    code = ErrorCode.SESSION_NOT_LOGGED_IN
 
 
 class SyncService:
@@ -116,9 +112,11 @@ class SyncService:
                 response = await self.fetch(since, wait=caught_up)
             except MatrixError as exc:
                 if isinstance(exc, RequestFailedError) and exc.status == 401:
+                    # The transport already tried a refresh: the session is over.
                     log.warning("sync.unauthorized", errcode=exc.errcode)
                     raise SessionExpiredError(
-                        "the homeserver no longer accepts this session: log in again"
+                        "the homeserver no longer accepts this session: log in again",
+                        revoked=not exc.soft_logout,
                     ) from exc
                 floor = (
                     exc.retry_after_ms / 1000

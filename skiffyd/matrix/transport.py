@@ -8,7 +8,7 @@ one place where httpx exceptions and Matrix error answers become the
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 import msgspec
@@ -27,16 +27,31 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=30.0, write=30.0, pool=10.0)
 
 
+class TokenAuth(Protocol):
+    """Where the transport gets its access token, and how a 401 is healed."""
+
+    @property
+    def access_token(self) -> str: ...
+
+    async def ensure_fresh(self) -> None:
+        """Refresh ahead of expiry, if the token is about to lapse."""
+
+    async def recover(self, stale_token: str, error: RequestFailedError) -> bool:
+        """After a 401 with ``stale_token``: True when a retry may succeed."""
+
+
 class Transport:
     def __init__(
         self,
         homeserver: str,
         *,
         access_token: str | None = None,
+        auth: TokenAuth | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.homeserver = normalize_homeserver(homeserver)
         self.access_token = access_token
+        self.auth = auth
         self._client = httpx.AsyncClient(
             base_url=self.homeserver,
             timeout=DEFAULT_TIMEOUT,
@@ -58,9 +73,33 @@ class Transport:
         read_timeout: float | None = None,
         authenticated: bool = True,
     ) -> bytes:
+        auth = self.auth if authenticated else None
+        if auth is None:
+            return await self._once(method, path, json, params, read_timeout, authenticated)
+        await auth.ensure_fresh()
+        token = auth.access_token
+        try:
+            return await self._once(method, path, json, params, read_timeout, True, token)
+        except RequestFailedError as exc:
+            # One retry, after the auth healed the token (a refresh, single flight).
+            if exc.status != 401 or not await auth.recover(token, exc):
+                raise
+        return await self._once(method, path, json, params, read_timeout, True, auth.access_token)
+
+    async def _once(
+        self,
+        method: str,
+        path: str,
+        json: Any,
+        params: dict[str, str] | None,
+        read_timeout: float | None,
+        authenticated: bool,
+        token: str | None = None,
+    ) -> bytes:
         headers = {}
-        if authenticated and self.access_token:
-            headers["Authorization"] = f"Bearer {self.access_token}"
+        token = token or self.access_token
+        if authenticated and token:
+            headers["Authorization"] = f"Bearer {token}"
         timeout = DEFAULT_TIMEOUT
         if read_timeout is not None:
             timeout = httpx.Timeout(connect=10.0, read=read_timeout, write=30.0, pool=10.0)

@@ -1,0 +1,133 @@
+"""The session lifecycle against a real Synapse: refresh under load, revocation."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+import pytest
+
+from skiffyd.devenv.peer import Peer
+from skiffyd.devenv.procs import clean_env
+from skiffyd.devenv.synapse import Synapse
+from skiffyd.devenv.wait import wait_for
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+    from skiffyd.devenv.instance import SkiffyInstance
+    from skiffyd.devenv.secret_service import SecretService
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def short_tokens(tmp_path: Path) -> Iterator[Synapse]:
+    """A Synapse whose refreshable access tokens live 3 seconds."""
+    hs = Synapse(tmp_path / "synapse", extra_config={"refreshable_access_token_lifetime": "3s"})
+    hs.start()
+    yield hs
+    hs.stop()
+
+
+def test_refresh_under_load_never_fails_a_command(
+    short_tokens: Synapse,
+    make_instance: Callable[..., SkiffyInstance],
+    make_peer: Callable[..., Peer],
+) -> None:
+    hs = short_tokens
+    account = hs.register_account(f"fresh-{secrets.token_hex(3)}", secrets.token_urlsafe(18))
+    inst = make_instance()
+    status = inst.login_ready(hs.base_url, account.user_id, account.password)
+    assert status["uses_refresh_token"] is True
+    peer = make_peer(hs=hs)
+    room_id = peer.create_room("Refresh", None, invite=[account.user_id])
+    inst.join_invited(room_id)
+
+    sent: list[str] = []
+    failures: list[str] = []
+
+    def busy_until_refreshed() -> bool:
+        body = f"tick-{len(sent)}-{secrets.token_hex(3)}"
+        for args in (("send", room_id, body), ("rooms", "--json"), ("members", room_id, "--json")):
+            r = inst.cli(*args)
+            if r.returncode != 0:
+                failures.append(r.stderr.strip())
+        sent.append(body)
+        st = inst.status()
+        if st["state"] == "logged_out":
+            failures.append(f"logged out: {st['last_error']}")
+            return True
+        return st["token_refreshes"] >= 4
+
+    wait_for(busy_until_refreshed, timeout=120, interval=0.25, what="four token refreshes")
+    assert failures == []
+    seen = peer.wait_for_bodies(room_id, sent, timeout=60)
+    bodies = [m.body for m in seen]
+    assert all(bodies.count(b) == 1 for b in sent)
+    log = inst.log_path.read_text()
+    refreshed = [json.loads(line) for line in log.splitlines() if '"session.refreshed"' in line]
+    assert len(refreshed) == inst.status()["token_refreshes"]
+    assert "session.refresh_refused" not in log
+    assert inst.status()["state"] == "ready"
+
+
+def test_revoked_elsewhere_clears_credentials(
+    synapse: Synapse,
+    make_instance: Callable[..., SkiffyInstance],
+    make_user: Callable[..., object],
+    secret_service: SecretService,
+) -> None:
+    account = make_user("revoked")
+    inst = make_instance()
+    status = inst.login_ready(synapse.base_url, account.user_id, account.password)  # type: ignore[attr-defined]
+    device = status["device_id"]
+    with inst.tail() as tail:
+        # Ephemeral events reach only connected subscribers: make sure it is.
+        inst.cli_ok("create", "--name", "warm-up")
+        wait_for(
+            lambda: any(e.get("type") == "room_updated" for e in tail.events()),
+            timeout=30,
+            what="the tail to be subscribed",
+        )
+        other = Peer.logged_in(synapse.base_url, account.user_id, account.password)  # type: ignore[attr-defined]
+        try:
+            auth = {
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": account.user_id},  # type: ignore[attr-defined]
+                "password": account.password,  # type: ignore[attr-defined]
+            }
+            other._run(other.client.delete_devices([device], auth=auth))
+        finally:
+            other.close()
+        st = inst.wait_state("logged_out", timeout=60)
+        assert "log in again" in (st["last_error"] or "")
+        assert st["user_id"] is None
+        expired = wait_for(
+            lambda: [e for e in tail.events() if e.get("type") == "session_expired"] or None,
+            timeout=30,
+            what="a session_expired event",
+        )
+        assert expired[0]["revoked"] is True
+    # The keyring item is gone.
+    check = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from skiffyd import credentials; print(credentials.load({account.user_id!r}))",
+        ],  # type: ignore[attr-defined]
+        env=clean_env(**secret_service.env()),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert check.returncode == 0, check.stderr[-500:]
+    assert check.stdout.strip() == "None"
+    r = inst.cli("rooms")
+    assert r.returncode != 0
+    assert "SKIFFY_SESSION_NOT_LOGGED_IN" in r.stderr
