@@ -105,7 +105,7 @@ async def test_concurrent_401s_refresh_once_and_all_succeed() -> None:
 async def test_refresh_ahead_of_expiry() -> None:
     server = FakeServer()
     clock = [1000.0]
-    transport, tm, _saved, _ = setup(server, creds(expires=1_000_000 + 500), clock)
+    transport, _tm, _saved, _ = setup(server, creds(expires=1_000_000 + 500), clock)
     await transport.request("GET", "/x")
     await transport.aclose()
     assert server.refresh_calls == 1  # 0.5 s left: refreshed before the request
