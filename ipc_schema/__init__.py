@@ -322,6 +322,10 @@ class Join(msgspec.Struct, tag_field="cmd", tag="join", kw_only=True):
 class ChangesSince(msgspec.Struct, tag_field="cmd", tag="changes_since", kw_only=True):
     seq: int
     limit: int = 1000
+    #: The instance id ``seq`` was seen under. When it is not the daemon's
+    #: current one (a new account session, a new change log), the answer is
+    #: ``reset``: the seq means nothing in this log.
+    instance_id: str | None = None
 
 
 class Members(msgspec.Struct, tag_field="cmd", tag="members", kw_only=True):
@@ -584,6 +588,8 @@ class ChangesResult(msgspec.Struct, tag_field="type", tag="changes", kw_only=Tru
     last_seq: int
     reset: bool = False
     more: bool = False
+    #: The change log these seqs belong to (the daemon's instance id).
+    instance_id: str = ""
 
 
 Result = (

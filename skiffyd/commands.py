@@ -290,7 +290,7 @@ async def create_room(d: Daemon, req: wire.CreateRoom) -> wire.JoinResult:
         invite=list(req.invite),
         direct=req.direct,
     )
-    d.publish(await d.db(s.cache.note_joined, room_id))
+    d.publish(await d.db(lambda: s.cache.note_joined(room_id, encrypted=req.encrypted)))
     if req.direct:
         await _add_direct(s, req.invite[0], room_id)
     return wire.JoinResult(room_id=room_id)

@@ -222,9 +222,9 @@ class Daemon:
             await transport.aclose()
             raise
         self.session = session
-        # Each session has its own change log, whose seq starts again at 1: a
-        # new instance id tells every UI to catch up (and so to reload).
-        self.instance_id = uuid.uuid4().hex
+        # The instance id names the change log: the same across restarts (UIs
+        # catch up by seq), new with a new cache (UIs are told to reload).
+        self.instance_id = cache.log_id
         self.server.instance_id = self.instance_id
         session.outbox = OutboxService(
             transport=transport, cache=cache, db=self.db, publish=self.publish
@@ -410,9 +410,21 @@ class Daemon:
                 return await self._join(request)
             case wire.ChangesSince():
                 if self.session is None:
-                    return wire.ChangesResult(events=[], last_seq=0, reset=request.seq > 0)
+                    return wire.ChangesResult(
+                        events=[], last_seq=0, reset=request.seq > 0, instance_id=self.instance_id
+                    )
+                if request.instance_id is not None and request.instance_id != self.instance_id:
+                    # The seq belongs to another change log: reload.
+                    return wire.ChangesResult(
+                        events=[],
+                        last_seq=self.session.cache.last_seq,
+                        reset=True,
+                        instance_id=self.instance_id,
+                    )
                 limit = max(1, min(request.limit, 10_000))
-                return await self.db(self.session.cache.changes_since, request.seq, limit)
+                changes = await self.db(self.session.cache.changes_since, request.seq, limit)
+                changes.instance_id = self.instance_id
+                return changes
         raise SkiffyError("unknown command", code=wire.ErrorCode.IPC_UNKNOWN_COMMAND)
 
     async def _status(self) -> wire.StatusResult:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -195,6 +196,8 @@ class _Work:
     rooms: dict[str, dict[str, Any] | None]  # room row before the transaction
     #: Rows that changed outside their display (a local echo reconciled).
     changed: set[int] = dataclasses.field(default_factory=set)
+    #: Outbox items that sync showed delivered.
+    outbox_done: list[OutboxItemInfo] = dataclasses.field(default_factory=list)
 
 
 class Cache:
@@ -293,6 +296,17 @@ class Cache:
     def last_seq(self) -> int:
         return self._last_seq
 
+    @property
+    def log_id(self) -> str:
+        """This change log's identity: random, made once with the cache."""
+        value = self._scalar("SELECT value FROM meta WHERE key = 'log_id'")
+        if isinstance(value, str):
+            return value
+        value = secrets.token_hex(16)
+        with self._conn:
+            self._conn.execute("INSERT INTO meta(key, value) VALUES ('log_id', ?)", (value,))
+        return value
+
     def next_batch(self) -> str | None:
         value = self._scalar("SELECT value FROM meta WHERE key = 'next_batch'")
         return value if isinstance(value, str) else None
@@ -313,11 +327,14 @@ class Cache:
             )
         return events
 
-    def note_joined(self, room_id: str) -> list[LoggedEvent]:
+    def note_joined(self, room_id: str, *, encrypted: bool = False) -> list[LoggedEvent]:
         """A join answered by the server: show the room now, sync fills it in."""
+        changes: dict[str, Any] = {"membership": "join"}
+        if encrypted:
+            changes["is_encrypted"] = True
         with self._transaction() as events:
             work = _Work(added=[], touched_targets=set(), rooms={})
-            self._patch_room(work, room_id, {"membership": "join"})
+            self._patch_room(work, room_id, changes)
             self._finish(events, work)
         return events
 
@@ -563,7 +580,10 @@ class Cache:
             work.touched_targets.add(rel.target)
         if item.txn_id is not None and item.sender == self._own_user_id:
             # Our own item came back in sync: it is delivered, whatever it was.
-            self._conn.execute("DELETE FROM outbox WHERE txn_id = ?", (item.txn_id,))
+            info = self._outbox_info(item.txn_id)
+            if info is not None:
+                self._conn.execute("DELETE FROM outbox WHERE txn_id = ?", (item.txn_id,))
+                work.outbox_done.append(info)
         if not item.visible:
             return None
         if item.txn_id is not None and item.sender == self._own_user_id:
@@ -579,7 +599,6 @@ class Cache:
                         "WHERE ord = ?",
                         (item.event_id, item.ts, _pack(item.content), ord_),
                     )
-                    self._conn.execute("DELETE FROM outbox WHERE txn_id = ?", (item.txn_id,))
                     work.touched_targets.add(item.event_id)
                     work.changed.add(ord_)
                 return None
@@ -727,6 +746,8 @@ class Cache:
             self._log(events, MessageUpdated(seq=0, message=self._message_by_ord(ord_)))
         for ord_ in work.added:
             self._log(events, MessageAdded(seq=0, message=self._message_by_ord(ord_)))
+        for info in work.outbox_done:
+            self._log(events, OutboxUpdated(seq=0, item=info, removed=True))
 
     def _message_by_ord(self, ord_: int) -> MessageInfo:
         row = self._one(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE ord = ?", (ord_,))

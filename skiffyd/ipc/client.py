@@ -337,10 +337,10 @@ class EventSubscriber:
                     code=ErrorCode.IPC_MALFORMED,
                 ) from exc
             if batch.instance_id != self._instance_id:
-                restarted = self._instance_id is not None
+                previous = self._instance_id
                 self._instance_id = batch.instance_id
-                if restarted and self._last_seq is not None:
-                    yield from self._catch_up(on_reset)
+                if previous is not None and self._last_seq is not None:
+                    yield from self._catch_up(on_reset, known_instance=previous)
             for event in batch.events:
                 if not isinstance(event, _LOGGED_TYPES):
                     # Ephemeral (session state, typing, session expired): not
@@ -363,14 +363,22 @@ class EventSubscriber:
                 self._published_events += 1
                 yield event
 
-    def _catch_up(self, on_reset: Callable[[int], None] | None) -> Iterator[ipc_schema.Event]:
-        """Yield the logged events after ``last_seq``, from the daemon's cache."""
+    def _catch_up(
+        self, on_reset: Callable[[int], None] | None, known_instance: str | None = None
+    ) -> Iterator[ipc_schema.Event]:
+        """Yield the logged events after ``last_seq``, from the daemon's cache.
+
+        ``known_instance``: the instance id ``last_seq`` was seen under; the
+        daemon answers ``reset`` when its change log is another one.
+        """
         while True:
             assert self._last_seq is not None
             asked = self._last_seq
             changes = self._client.request_as(
-                ipc_schema.ChangesSince(seq=asked), ipc_schema.ChangesResult
+                ipc_schema.ChangesSince(seq=asked, instance_id=known_instance),
+                ipc_schema.ChangesResult,
             )
+            known_instance = changes.instance_id or known_instance
             self._catch_up_requests += 1
             if changes.reset:
                 self._resets += 1

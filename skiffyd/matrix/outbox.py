@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 
+class _RoomEncrypted(Exception):
+    """Plaintext is never sent into an encrypted room."""
+
+
 def _references(item: OutboxItem) -> set[str]:
     """The txn ids ``item`` points at (they need event ids before it can go)."""
     refs = set()
@@ -94,6 +98,9 @@ class OutboxService:
         self._wake = trio.Event()
 
     async def _deliver(self, item: OutboxItem) -> str | None:
+        if item.kind == "event" and await self._db(self._cache.room_is_encrypted, item.room_id):
+            # Encryption may have been turned on after the item was queued.
+            raise _RoomEncrypted
         resolved = {
             ref: await self._db(self._cache.event_id_for_txn, ref) for ref in _references(item)
         }
@@ -126,6 +133,11 @@ class OutboxService:
                     continue
                 try:
                     event_id = await self._deliver(item)
+                except _RoomEncrypted:
+                    reason = "the room is end-to-end encrypted; skiffyd cannot encrypt yet"
+                    log.warning("outbox.failed", txn_id=item.txn_id, reason="room encrypted")
+                    self._publish(await self._db(self._cache.mark_failed, item.txn_id, reason))
+                    continue
                 except Unresolved:
                     reason = "what it points at was never sent"
                     log.warning("outbox.failed", txn_id=item.txn_id, reason=reason)
