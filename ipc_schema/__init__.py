@@ -186,6 +186,20 @@ class Login(msgspec.Struct, tag_field="cmd", tag="login", kw_only=True):
         return f"Login(homeserver={self.homeserver!r}, user={self.user!r}, password=<redacted>)"
 
 
+class SsoStart(msgspec.Struct, tag_field="cmd", tag="sso_start", kw_only=True):
+    """Begin single sign-on: the daemon opens a one-shot listener on
+    127.0.0.1 for the homeserver's redirect and answers the URL to open."""
+
+    homeserver: str
+    timeout_s: int = 300
+
+
+class SsoFinish(msgspec.Struct, tag_field="cmd", tag="sso_finish", kw_only=True):
+    """Wait for the redirect of an SSO flow and complete the login."""
+
+    flow_id: str
+
+
 class Logout(msgspec.Struct, tag_field="cmd", tag="logout", kw_only=True):
     #: Keep the cache and the crypto store on disk (they stay encrypted;
     #: their key leaves with the keyring item, so they cannot be read again).
@@ -372,6 +386,8 @@ Request = (
     | OutboxList
     | OutboxRetry
     | OutboxCancel
+    | SsoStart
+    | SsoFinish
 )
 COMMAND_NAMES: frozenset[str] = frozenset(str(t.__struct_config__.tag) for t in get_args(Request))
 
@@ -416,6 +432,14 @@ class LoginResult(msgspec.Struct, tag_field="type", tag="login", kw_only=True):
     user_id: str
     device_id: str
     homeserver: str
+
+
+class SsoStartResult(msgspec.Struct, tag_field="type", tag="sso_start", kw_only=True):
+    flow_id: str
+    #: Open this in a browser: the homeserver's SSO page.
+    url: str
+    #: Seconds the flow waits for the redirect.
+    timeout_s: int
 
 
 class OkResult(msgspec.Struct, tag_field="type", tag="ok", kw_only=True):
@@ -607,6 +631,7 @@ Result = (
     | ProfileResult
     | UsersResult
     | OutboxResult
+    | SsoStartResult
 )
 
 
@@ -719,6 +744,9 @@ __all__ = [
     "SessionStateChanged",
     "SetDisplayName",
     "SetTyping",
+    "SsoFinish",
+    "SsoStart",
+    "SsoStartResult",
     "Status",
     "StatusResult",
     "Typing",

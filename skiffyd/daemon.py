@@ -51,7 +51,7 @@ from skiffyd.errors import (
     UnknownRoomError,
 )
 from skiffyd.ipc.server import IpcServer
-from skiffyd.matrix import history
+from skiffyd.matrix import history, sso
 from skiffyd.matrix import session as matrix_session
 from skiffyd.matrix.crypto import Crypto
 from skiffyd.matrix.outbox import OutboxService
@@ -61,8 +61,10 @@ from skiffyd.matrix.transport import Transport
 from skiffyd.notify import notify
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Awaitable, Callable, Sequence
     from pathlib import Path
+
+    from skiffyd.core.wire import LoginResponse
 
 log = structlog.get_logger(__name__)
 
@@ -115,6 +117,7 @@ class Daemon:
         self._limiter = trio.CapacityLimiter(1)
         self._session_lock = trio.Lock()
         self._backfill_locks: dict[str, trio.Lock] = {}
+        self._sso_flows: dict[str, sso.SsoFlow] = {}
         self._nursery: trio.Nursery | None = None
         self.server = IpcServer(paths, self.handle, instance_id=self.instance_id)
 
@@ -348,6 +351,10 @@ class Daemon:
                 return await self._status()
             case wire.Login():
                 return await self._login(request)
+            case wire.SsoStart():
+                return await self._sso_start(request)
+            case wire.SsoFinish():
+                return await self._sso_finish(request)
             case wire.Logout():
                 await self._logout(keep_cache=request.keep_cache)
                 return wire.OkResult()
@@ -450,52 +457,105 @@ class Daemon:
             keys_uploaded=bool(s and s.keys_uploaded),
         )
 
+    def _refuse_if_logged_in(self) -> None:
+        if self.session is not None:
+            raise SkiffyError(
+                f"already logged in as {self.session.creds.user_id}: log out first",
+                code=wire.ErrorCode.SESSION_ALREADY_LOGGED_IN,
+            )
+
     async def _login(self, request: wire.Login) -> wire.LoginResult:
         async with self._session_lock:
-            if self.session is not None:
-                raise SkiffyError(
-                    f"already logged in as {self.session.creds.user_id}: log out first",
-                    code=wire.ErrorCode.SESSION_ALREADY_LOGGED_IN,
-                )
+            self._refuse_if_logged_in()
             homeserver = normalize_homeserver(request.homeserver)
-            previous_state = self.state
-            self.set_state("connecting")
-            transport = Transport(homeserver)
-            try:
-                response = await matrix_session.password_login(
-                    transport, request.user, request.password
+            return await self._login_with(
+                homeserver,
+                lambda t: matrix_session.password_login(t, request.user, request.password),
+            )
+
+    async def _login_with(
+        self, homeserver: str, login: Callable[[Transport], Awaitable[LoginResponse]]
+    ) -> wire.LoginResult:
+        """Log in (password or token), store the credentials, start the session."""
+        previous_state = self.state
+        self.set_state("connecting")
+        transport = Transport(homeserver)
+        try:
+            response = await login(transport)
+        except BaseException:
+            self.set_state(previous_state)
+            raise
+        finally:
+            await transport.aclose()
+        creds = Credentials(
+            homeserver=homeserver,
+            user_id=response.user_id,
+            device_id=response.device_id,
+            access_token=response.access_token,
+            refresh_token=response.refresh_token,
+            expires_at_ms=(
+                int(time.time() * 1000) + response.expires_in_ms if response.expires_in_ms else None
+            ),
+            cache_key=Credentials.new_cache_key(),
+            pickle_key=Credentials.new_pickle_key(),
+        )
+        # A new device starts with a new cache: a leftover one for this
+        # account is encrypted with a key that is gone.
+        account_dir = self.paths.account_dir(creds.user_id)
+        if account_dir.exists():
+            await trio.to_thread.run_sync(shutil.rmtree, account_dir)
+        await trio.to_thread.run_sync(credentials.save, creds)
+        await trio.to_thread.run_sync(self._write_pointer, creds.user_id)
+        await self._start_session(creds)
+        log.info("session.logged_in", device_id=creds.device_id)
+        return wire.LoginResult(
+            user_id=creds.user_id, device_id=creds.device_id, homeserver=homeserver
+        )
+
+    async def _sso_start(self, request: wire.SsoStart) -> wire.SsoStartResult:
+        self._refuse_if_logged_in()
+        assert self._nursery is not None
+        homeserver = normalize_homeserver(request.homeserver)
+        transport = Transport(homeserver)
+        try:
+            flows = await matrix_session.login_flows(transport)
+        finally:
+            await transport.aclose()
+        if "m.login.sso" not in flows or "m.login.token" not in flows:
+            raise SkiffyError(
+                "this homeserver offers no single sign-on (m.login.sso)",
+                code=wire.ErrorCode.SESSION_LOGIN_FAILED,
+                details={"flows": sorted(flows)},
+            )
+        timeout = max(10, min(request.timeout_s, 3600))
+        flow, listener = await sso.open_flow(homeserver, timeout)
+        self._sso_flows[flow.flow_id] = flow
+        self._nursery.start_soon(sso.serve_flow, flow, listener)
+        log.info("sso.started", port=flow.port)
+        return wire.SsoStartResult(flow_id=flow.flow_id, url=flow.login_url, timeout_s=timeout)
+
+    async def _sso_finish(self, request: wire.SsoFinish) -> wire.LoginResult:
+        flow = self._sso_flows.get(request.flow_id)
+        if flow is None:
+            raise SkiffyError(
+                "no such single sign-on flow (it finished or timed out)",
+                code=wire.ErrorCode.SESSION_LOGIN_FAILED,
+            )
+        try:
+            await flow.done.wait()
+            if flow.token is None:
+                raise SkiffyError(
+                    f"single sign-on did not complete: {flow.failed}",
+                    code=wire.ErrorCode.SESSION_LOGIN_FAILED,
                 )
-            except BaseException:
-                self.set_state(previous_state)
-                raise
-            finally:
-                await transport.aclose()
-            creds = Credentials(
-                homeserver=homeserver,
-                user_id=response.user_id,
-                device_id=response.device_id,
-                access_token=response.access_token,
-                refresh_token=response.refresh_token,
-                expires_at_ms=(
-                    int(time.time() * 1000) + response.expires_in_ms
-                    if response.expires_in_ms
-                    else None
-                ),
-                cache_key=Credentials.new_cache_key(),
-                pickle_key=Credentials.new_pickle_key(),
-            )
-            # A new device starts with a new cache: a leftover one for this
-            # account is encrypted with a key that is gone.
-            account_dir = self.paths.account_dir(creds.user_id)
-            if account_dir.exists():
-                await trio.to_thread.run_sync(shutil.rmtree, account_dir)
-            await trio.to_thread.run_sync(credentials.save, creds)
-            await trio.to_thread.run_sync(self._write_pointer, creds.user_id)
-            await self._start_session(creds)
-            log.info("session.logged_in", device_id=creds.device_id)
-            return wire.LoginResult(
-                user_id=creds.user_id, device_id=creds.device_id, homeserver=homeserver
-            )
+            token = flow.token
+            async with self._session_lock:
+                self._refuse_if_logged_in()
+                return await self._login_with(
+                    flow.homeserver, lambda t: matrix_session.token_login(t, token)
+                )
+        finally:
+            self._sso_flows.pop(request.flow_id, None)
 
     def _write_pointer(self, user_id: str | None) -> None:
         self.paths.ensure_private_dir(self.paths.state_dir)

@@ -108,12 +108,28 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 @app.command()
 def login(
     homeserver: Annotated[str, typer.Option(help="The homeserver URL, e.g. https://matrix.org")],
-    user: Annotated[str, typer.Option(help="The Matrix user id (@name:server) or name")],
+    user: Annotated[
+        str | None, typer.Option(help="The Matrix user id (@name:server) or name")
+    ] = None,
     password_stdin: Annotated[
         bool, typer.Option("--password-stdin", help="Read the password from standard input.")
     ] = False,
+    sso: Annotated[
+        bool, typer.Option("--sso", help="Log in with the homeserver's single sign-on.")
+    ] = False,
+    no_browser: Annotated[
+        bool, typer.Option("--no-browser", help="With --sso: only print the URL.")
+    ] = False,
+    timeout: Annotated[
+        int, typer.Option(min=10, max=3600, help="With --sso: seconds to wait for the browser.")
+    ] = 300,
 ) -> None:
     """Ask the running daemon to log in. The password goes only to the homeserver."""
+    if sso:
+        _login_sso(homeserver, no_browser=no_browser, timeout=timeout)
+        return
+    if user is None:
+        _fail("--user is needed (or --sso)")
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     elif not sys.stdin.isatty():
@@ -126,6 +142,27 @@ def login(
         wire.Login(homeserver=homeserver, user=user, password=password),
         wire.LoginResult,
         timeout=120.0,
+    )
+    print(f"logged in as {result.user_id} (device {result.device_id})")
+
+
+def _login_sso(homeserver: str, *, no_browser: bool, timeout: int) -> None:
+    import os
+    import webbrowser
+
+    started = _request(
+        wire.SsoStart(homeserver=homeserver, timeout_s=timeout), wire.SsoStartResult, timeout=60.0
+    )
+    print(f"open: {started.url}", flush=True)
+    has_desktop = sys.platform == "darwin" or bool(
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    )
+    if not no_browser and has_desktop:
+        webbrowser.open(started.url)
+    result = _request(
+        wire.SsoFinish(flow_id=started.flow_id),
+        wire.LoginResult,
+        timeout=started.timeout_s + 60.0,
     )
     print(f"logged in as {result.user_id} (device {result.device_id})")
 

@@ -60,6 +60,44 @@ async def versions(transport: Transport) -> list[str]:
     return decode(_versions_decoder, data, "versions").versions
 
 
+class _Flow(msgspec.Struct, kw_only=True):
+    type: str
+
+
+class _Flows(msgspec.Struct, kw_only=True):
+    flows: list[_Flow] = msgspec.field(default_factory=list)
+
+
+_flows_decoder = msgspec.json.Decoder(_Flows)
+
+
+async def login_flows(transport: Transport) -> set[str]:
+    data = await transport.request("GET", "/_matrix/client/v3/login", authenticated=False)
+    return {f.type for f in decode(_flows_decoder, data, "login flows").flows}
+
+
+async def token_login(transport: Transport, token: str) -> LoginResponse:
+    """``m.login.token``: the last step of single sign-on."""
+    body = {
+        "type": "m.login.token",
+        "token": token,
+        "initial_device_display_name": DEVICE_DISPLAY_NAME,
+        "refresh_token": True,
+    }
+    try:
+        data = await transport.request(
+            "POST", "/_matrix/client/v3/login", json=body, authenticated=False
+        )
+    except RequestFailedError as exc:
+        if exc.status in (400, 401, 403):
+            raise LoginFailedError(
+                f"the homeserver refused the login token: {exc.errcode or exc.status}",
+                details={"errcode": exc.errcode},
+            ) from exc
+        raise
+    return decode(login_decoder, data, "login")
+
+
 async def logout(transport: Transport) -> None:
     await transport.request("POST", "/_matrix/client/v3/logout", json={})
 
