@@ -83,3 +83,66 @@ class Paths:
             raise ConfigError(f"{path} is not a directory owned by this user")
         if stat.S_IMODE(st.st_mode) != 0o700:
             os.chmod(path, 0o700)
+
+
+CONFIG_FILE = "config.toml"
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_BACKENDS = ("keyring", "encrypted-file")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """``$XDG_CONFIG_HOME/skiffyd/config.toml``; every key is optional::
+
+        log_level = "info"               # debug | info | warning | error
+
+        [credentials]
+        backend = "keyring"              # or "encrypted-file" (headless)
+        # encrypted-file only: where the passphrase is read from. Default:
+        # $CREDENTIALS_DIRECTORY/skiffyd-passphrase (systemd LoadCredential*).
+        passphrase_file = "/path/to/file"
+
+    SIGHUP re-reads it: the log level applies at once; a credentials change
+    applies at the next start (the session's credentials stay where they are).
+    """
+
+    log_level: str = "info"
+    credentials_backend: str = "keyring"
+    passphrase_file: Path | None = None
+
+    @classmethod
+    def load(cls, paths: Paths) -> Settings:
+        import tomllib
+
+        path = paths.config_dir / CONFIG_FILE
+        try:
+            with path.open("rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            data = {}
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from exc
+        known = {"log_level", "credentials"}
+        unknown = sorted(set(data) - known)
+        creds = data.get("credentials", {})
+        if unknown or not isinstance(creds, dict):
+            raise ConfigError(f"{path}: unknown settings {unknown or ['credentials']}")
+        unknown = sorted(set(creds) - {"backend", "passphrase_file"})
+        if unknown:
+            raise ConfigError(f"{path}: unknown [credentials] settings {unknown}")
+        level = data.get("log_level", "info")
+        if level not in _LOG_LEVELS:
+            raise ConfigError(f"{path}: log_level must be one of {', '.join(_LOG_LEVELS)}")
+        backend = creds.get("backend", "keyring")
+        if backend not in _BACKENDS:
+            raise ConfigError(f"{path}: credentials.backend must be one of {', '.join(_BACKENDS)}")
+        passphrase = creds.get("passphrase_file")
+        if passphrase is None and os.environ.get("CREDENTIALS_DIRECTORY"):
+            passphrase = os.path.join(os.environ["CREDENTIALS_DIRECTORY"], "skiffyd-passphrase")
+        if passphrase is not None and not isinstance(passphrase, str):
+            raise ConfigError(f"{path}: credentials.passphrase_file must be a path")
+        return cls(
+            log_level=level,
+            credentials_backend=backend,
+            passphrase_file=Path(passphrase) if passphrase else None,
+        )

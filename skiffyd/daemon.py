@@ -36,13 +36,14 @@ import structlog
 import trio
 
 import ipc_schema as wire
-from skiffyd import commands, credentials
+from skiffyd import commands, credentials, logs
 from skiffyd.cache import Cache
-from skiffyd.config import Paths
+from skiffyd.config import Paths, Settings
 from skiffyd.core.homeserver import normalize_homeserver
 from skiffyd.core.identifiers import check_room_id, check_room_id_or_alias
 from skiffyd.credentials import Credentials
 from skiffyd.errors import (
+    ConfigError,
     DaemonAlreadyRunningError,
     MatrixError,
     NotLoggedInError,
@@ -86,6 +87,26 @@ def acquire_lock(paths: Paths) -> int:
     return fd
 
 
+#: How long SIGTERM waits for the outbox's item in flight.
+SHUTDOWN_GRACE_S = 10.0
+
+
+def _watchdog_interval() -> float | None:
+    """Half of systemd's WatchdogSec, when this process is the one watched."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or not usec.isdigit() or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 1e6 / 2
+
+
+async def _watchdog(interval: float) -> None:
+    # Pings come from the event loop itself: a wedged loop stops them.
+    while True:
+        notify("WATCHDOG=1")
+        await trio.sleep(interval)
+
+
 class AccountSession:
     """Everything that exists only while an account is logged in."""
 
@@ -118,6 +139,7 @@ class Daemon:
         self._session_lock = trio.Lock()
         self._backfill_locks: dict[str, trio.Lock] = {}
         self._sso_flows: dict[str, sso.SsoFlow] = {}
+        self.settings = Settings()
         self._nursery: trio.Nursery | None = None
         self.server = IpcServer(paths, self.handle, instance_id=self.instance_id)
 
@@ -152,27 +174,78 @@ class Daemon:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         # Everything the daemon creates (cache, crypto store, pointer) is private.
         os.umask(0o077)
+        settings = self._apply_settings()
         lock_fd = acquire_lock(self.paths)
         try:
             await trio.to_thread.run_sync(credentials.check_backend)
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     await nursery.start(self.server.run)
                     await self._resume()
                     notify("READY=1", f"STATUS={self.state}", f"MAINPID={os.getpid()}")
-                    log.info("daemon.ready", pid=os.getpid(), state=self.state)
+                    log.info(
+                        "daemon.ready",
+                        pid=os.getpid(),
+                        state=self.state,
+                        credentials=settings.credentials_backend,
+                    )
+                    watchdog = _watchdog_interval()
+                    if watchdog is not None:
+                        nursery.start_soon(_watchdog, watchdog)
                     task_status.started()
                     async for signum in signals:
+                        if signum == signal.SIGHUP:
+                            self._reload()
+                            continue
                         log.info("daemon.stopping", signal=signal.Signals(signum).name)
                         break
                     notify("STOPPING=1")
-                    self.server.stop_accepting()
-                    await self._stop_session()
+                    await self._shutdown()
                     nursery.cancel_scope.cancel()
         finally:
             os.close(lock_fd)
             log.info("daemon.stopped")
+
+    def _apply_settings(self) -> Settings:
+        settings = Settings.load(self.paths)
+        credentials.configure(
+            settings.credentials_backend,
+            directory=self.paths.data_dir,
+            passphrase_file=settings.passphrase_file,
+        )
+        if not os.environ.get("SKIFFY_LOG_LEVEL"):
+            logs.configure(settings.log_level)
+        self.settings = settings
+        return settings
+
+    def _reload(self) -> None:
+        """SIGHUP: re-read the config; the log level applies at once."""
+        try:
+            new = Settings.load(self.paths)
+        except ConfigError as exc:
+            log.error("daemon.reload_failed", code=exc.code, reason=exc.message)
+            return
+        if not os.environ.get("SKIFFY_LOG_LEVEL"):
+            logs.configure(new.log_level)
+        if new.credentials_backend != self.settings.credentials_backend:
+            log.warning("daemon.reload_credentials_deferred", takes_effect="next start")
+        self.settings = new
+        log.info("daemon.reloaded", log_level=new.log_level)
+
+    async def _shutdown(self) -> None:
+        """Stop taking commands; let the item in flight finish, within the grace."""
+        self.server.stop_accepting()
+        session = self.session
+        if session is not None and session.outbox is not None:
+            session.outbox.draining = True
+            with trio.move_on_after(SHUTDOWN_GRACE_S) as grace:
+                await session.outbox.wait_idle()
+            if grace.cancelled_caught:
+                log.warning("daemon.grace_expired", in_flight=len(session.outbox.in_flight))
+        # A sync transaction in progress commits: cache calls run to the end on
+        # their thread even when their task is cancelled.
+        await self._stop_session()
 
     async def _resume(self) -> None:
         pointer = self.paths.account_pointer

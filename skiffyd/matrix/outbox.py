@@ -79,6 +79,16 @@ class OutboxService:
         self.breaker = Breaker()
         #: The txn ids being sent right now (at most one per room).
         self.in_flight: set[str] = set()
+        #: Shutting down: finish what is in flight, start nothing new.
+        self.draining = False
+        self._idle = trio.Event()
+        self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Until nothing is in flight."""
+        while self.in_flight:
+            self._idle = trio.Event()
+            await self._idle.wait()
 
     def wake(self) -> None:
         """New work: start now, unless waiting out a failure."""
@@ -110,6 +120,51 @@ class OutboxService:
             return None
         return decode(send_decoder, data, "send").event_id
 
+    async def _attempt(
+        self, item: OutboxItem, backoff: Backoff, rng: random.Random
+    ) -> float | None:
+        """Send one item and record the outcome; the delay before a retry, if any."""
+        # Cancelled since the list was read? (A cancel refuses items in
+        # flight, and its cache call was queued before this one.)
+        if await self._db(self._cache.outbox_item, item.txn_id) is None:
+            return None
+        try:
+            event_id = await self._deliver(item)
+        except _RoomEncrypted:
+            reason = "the room is end-to-end encrypted; skiffyd cannot encrypt yet"
+            log.warning("outbox.failed", txn_id=item.txn_id, reason="room encrypted")
+            self._publish(await self._db(self._cache.mark_failed, item.txn_id, reason))
+            return None
+        except Unresolved:
+            reason = "what it points at was never sent"
+            log.warning("outbox.failed", txn_id=item.txn_id, reason=reason)
+            self._publish(await self._db(self._cache.mark_failed, item.txn_id, reason))
+            return None
+        except MatrixError as exc:
+            decision = on_failure(exc, backoff, rng.random())
+            if isinstance(decision, GiveUp):
+                log.warning("outbox.failed", txn_id=item.txn_id, reason=decision.reason)
+                self._publish(await self._db(self._cache.mark_failed, item.txn_id, decision.reason))
+                return None
+            self.breaker.record_failure(trio.current_time())
+            await self._db(self._cache.record_attempt, item.txn_id, exc.code)
+            log.info(
+                "outbox.retry",
+                txn_id=item.txn_id,
+                code=exc.code,
+                status=getattr(exc, "status", None),
+                retry_in_s=round(decision.delay, 2),
+            )
+            self._waiting_for_network = not (
+                isinstance(exc, RequestFailedError) and exc.retry_after_ms
+            )
+            return decision.delay
+        backoff.reset()
+        self.breaker.record_success()
+        self._publish(await self._db(self._cache.mark_sent, item.txn_id, event_id))
+        log.info("outbox.sent", txn_id=item.txn_id, kind=item.kind)
+        return None
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         backoff = Backoff()
@@ -125,52 +180,19 @@ class OutboxService:
                 continue
             retry_in: float | None = None
             for item in todo:
+                if self.draining:
+                    await trio.sleep_forever()  # cancelled by the shutdown
                 self.in_flight.add(item.txn_id)
-                # Cancelled since the list was read? (A cancel refuses items
-                # in flight, and its cache call was queued before this one.)
-                if await self._db(self._cache.outbox_item, item.txn_id) is None:
-                    self.in_flight.discard(item.txn_id)
-                    continue
                 try:
-                    event_id = await self._deliver(item)
-                except _RoomEncrypted:
-                    reason = "the room is end-to-end encrypted; skiffyd cannot encrypt yet"
-                    log.warning("outbox.failed", txn_id=item.txn_id, reason="room encrypted")
-                    self._publish(await self._db(self._cache.mark_failed, item.txn_id, reason))
-                    continue
-                except Unresolved:
-                    reason = "what it points at was never sent"
-                    log.warning("outbox.failed", txn_id=item.txn_id, reason=reason)
-                    self._publish(await self._db(self._cache.mark_failed, item.txn_id, reason))
-                    continue
-                except MatrixError as exc:
-                    decision = on_failure(exc, backoff, rng.random())
-                    if isinstance(decision, GiveUp):
-                        log.warning("outbox.failed", txn_id=item.txn_id, reason=decision.reason)
-                        self._publish(
-                            await self._db(self._cache.mark_failed, item.txn_id, decision.reason)
-                        )
-                        continue
-                    self.breaker.record_failure(trio.current_time())
-                    await self._db(self._cache.record_attempt, item.txn_id, exc.code)
-                    log.info(
-                        "outbox.retry",
-                        txn_id=item.txn_id,
-                        code=exc.code,
-                        status=getattr(exc, "status", None),
-                        retry_in_s=round(decision.delay, 2),
-                    )
-                    retry_in = decision.delay
-                    self._waiting_for_network = not (
-                        isinstance(exc, RequestFailedError) and exc.retry_after_ms
-                    )
-                    break
+                    delay = await self._attempt(item, backoff, rng)
                 finally:
+                    # Only now: the outcome (sent, failed) is committed.
                     self.in_flight.discard(item.txn_id)
-                backoff.reset()
-                self.breaker.record_success()
-                self._publish(await self._db(self._cache.mark_sent, item.txn_id, event_id))
-                log.info("outbox.sent", txn_id=item.txn_id, kind=item.kind)
+                    if not self.in_flight:
+                        self._idle.set()
+                if delay is not None:
+                    retry_in = delay
+                    break
             if retry_in is not None:
                 self._kick = trio.Event()
                 with trio.move_on_after(retry_in):

@@ -59,7 +59,7 @@ def test_round_trip_is_one_item_under_the_user_id(secret_service: SecretService)
         credentials.delete("@kr:example")
         credentials.delete("@kr:example")  # idempotent
         print(json.dumps({
-            "backend": type(credentials.check_backend()).__module__,
+            "backend": credentials.check_backend(),
             "same": loaded == creds,
             "rotated": rotated.access_token,
             "items": len(items),
@@ -81,7 +81,7 @@ def test_round_trip_is_one_item_under_the_user_id(secret_service: SecretService)
         "after_delete": True,
         "repr_clean": True,
     }
-    assert out["backend"] == "keyring.backends.SecretService"
+    assert out["backend"] == "keyring.backends.SecretService.Keyring"
 
 
 def test_no_keyring_is_a_clear_error_never_plaintext(tmp_path: Path) -> None:

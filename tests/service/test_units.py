@@ -141,14 +141,15 @@ def test_unit_is_a_notify_service_that_restarts_on_failure(unit: dict) -> None:
     assert one(unit, "Install", "WantedBy") == "default.target"
 
 
-def test_unit_has_no_watchdog_the_daemon_does_not_feed(unit: dict) -> None:
-    feeds_watchdog = any(
-        "WATCHDOG=1" in path.read_text() for path in (REPO / "skiffyd").rglob("*.py")
-    )
-    if not feeds_watchdog:
-        assert "WatchdogSec" not in unit["Service"], (
-            "WatchdogSec= would kill a daemon that never writes WATCHDOG=1"
-        )
+def test_unit_watchdog_is_fed_by_the_daemon(unit: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    from skiffyd import daemon
+
+    assert one(unit, "Service", "WatchdogSec") == "30s"
+    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    assert daemon._watchdog_interval() == 15.0  # pings at half the interval
+    monkeypatch.setenv("WATCHDOG_PID", "1")  # another process is the watched one
+    assert daemon._watchdog_interval() is None
 
 
 def test_unit_is_hardened(unit: dict) -> None:

@@ -1,0 +1,132 @@
+"""Headless: the encrypted-file credentials store with no D-Bus at all, SIGHUP, SIGTERM, and logs."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import signal
+from typing import TYPE_CHECKING
+
+import pytest
+
+from skiffyd.devenv.instance import SkiffyInstance
+from skiffyd.devenv.wait import wait_for
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from skiffyd.devenv.peer import Peer
+    from skiffyd.devenv.synapse import Synapse
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def headless() -> Iterator[SkiffyInstance]:
+    from tests.conftest import short_tmp
+
+    root = short_tmp("hl-")
+    inst = SkiffyInstance(root, env={"DBUS_SESSION_BUS_ADDRESS": "", "PYTHON_KEYRING_BACKEND": ""})
+    inst.env.pop("DBUS_SESSION_BUS_ADDRESS", None)
+    inst.env.pop("PYTHON_KEYRING_BACKEND", None)
+    passphrase = root / "passphrase"
+    passphrase.write_text(secrets.token_urlsafe(24))
+    config = root / "config" / "skiffyd"
+    config.mkdir(parents=True)
+    (config / "config.toml").write_text(
+        f'[credentials]\nbackend = "encrypted-file"\npassphrase_file = "{passphrase}"\n'
+    )
+    yield inst
+    inst.terminate()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_headless_login_resume_reload_and_clean_stop(
+    headless: SkiffyInstance,
+    synapse: Synapse,
+    make_user: Callable[..., object],
+    make_peer: Callable[..., Peer],
+) -> None:
+    inst = headless
+    account = make_user("headless")
+    inst.start()
+    inst.login_ready(synapse.base_url, account.user_id, account.password)  # type: ignore[attr-defined]
+    peer = make_peer()
+    room = peer.create_room("Headless", None, invite=[account.user_id])  # type: ignore[attr-defined]
+    inst.join_invited(room)
+    body = f"no-bus-{secrets.token_hex(4)}"
+    inst.send(room, body)
+    peer.wait_for_bodies(room, [body])
+
+    files = [p for p in inst.data_home.rglob("credentials-*.enc")]
+    assert len(files) == 1
+    raw = files[0].read_bytes()
+    assert account.user_id.encode() not in raw  # type: ignore[attr-defined]
+    assert b"access_token" not in raw
+
+    # SIGHUP re-reads the config: the daemon stays up and says so.
+    config = inst.root / "config" / "skiffyd" / "config.toml"
+    config.write_text('log_level = "debug"\n' + config.read_text())
+    assert inst.proc is not None
+    inst.proc.send_signal(signal.SIGHUP)
+    wait_for(
+        lambda: '"daemon.reloaded"' in inst.log_path.read_text(), timeout=20, what="the reload"
+    )
+    assert inst.status()["state"] == "ready"
+
+    # SIGTERM: a clean stop (exit 0), then a resume from the file store.
+    assert inst.stop_with(signal.SIGTERM) == 0
+    st = inst.start()
+    assert st["user_id"] == account.user_id  # type: ignore[attr-defined]
+    st = inst.wait_state("ready", timeout=60)
+    assert st["full_syncs"] == 0
+
+    log = inst.log_path.read_text()
+    assert account.password not in log  # type: ignore[attr-defined]
+    assert body not in log
+
+
+def test_logs_hold_no_password_token_or_body(
+    daemon: SkiffyInstance,
+    synapse: Synapse,
+    make_user: Callable[..., object],
+    make_peer: Callable[..., Peer],
+    secret_service: object,
+) -> None:
+    import subprocess
+    import sys
+
+    from skiffyd.devenv.procs import clean_env
+
+    account = make_user("logscan")
+    daemon.login_ready(synapse.base_url, account.user_id, account.password)  # type: ignore[attr-defined]
+    peer = make_peer()
+    room = peer.create_room("Logs", None, invite=[account.user_id])  # type: ignore[attr-defined]
+    daemon.join_invited(room)
+    bodies = [f"secret-body-{secrets.token_hex(4)}" for _ in range(3)]
+    for b in bodies[:2]:
+        daemon.send(room, b)
+    peer.send_text(room, bodies[2])
+    peer.wait_for_bodies(room, bodies)
+    wait_for(
+        lambda: any(m["body"] == bodies[2] for m in daemon.messages(room)),
+        timeout=30,
+        what="the peer's message",
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from skiffyd import credentials; import json; c = credentials.load({account.user_id!r}); print(json.dumps([c.access_token, c.refresh_token, c.cache_key, c.pickle_key]))",
+        ],  # type: ignore[attr-defined]
+        env=clean_env(**secret_service.env()),  # type: ignore[attr-defined]
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    secrets_now = [s for s in json.loads(out.stdout) if s]
+    log = daemon.log_path.read_text()
+    for needle in [account.password, *secrets_now, *bodies]:  # type: ignore[attr-defined]
+        assert needle not in log
