@@ -140,6 +140,7 @@ class Daemon:
         self._backfill_locks: dict[str, trio.Lock] = {}
         self._sso_flows: dict[str, sso.SsoFlow] = {}
         self.settings = Settings()
+        self._requests = 0
         self._nursery: trio.Nursery | None = None
         self.server = IpcServer(paths, self.handle, instance_id=self.instance_id)
 
@@ -407,6 +408,14 @@ class Daemon:
     # ----------------------------------------------------------- commands
 
     async def handle(self, request: wire.Request) -> wire.Result:
+        """One IPC command; its log lines carry a request id and the command."""
+        self._requests += 1
+        with structlog.contextvars.bound_contextvars(
+            request_id=f"{self._requests:x}", cmd=type(request).__struct_config__.tag
+        ):
+            return await self._dispatch(request)
+
+    async def _dispatch(self, request: wire.Request) -> wire.Result:
         match request:
             case wire.Hello():
                 if request.protocol_version != wire.PROTOCOL_VERSION:

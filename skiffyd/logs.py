@@ -2,11 +2,13 @@
 
 Secrets and message bodies never reach a log: callers log codes, ids and
 counts, and :func:`_scrub` drops any field whose name says it holds one, as
-a second line of defence.
+a second line of defence. User ids are logged hashed (:func:`hash_user`),
+and each IPC command's lines carry its ``request_id``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -33,12 +35,23 @@ _SECRET_KEYS = frozenset(
 )
 
 
+_USER_KEYS = frozenset({"user_id", "sender", "user", "inviter"})
+
+
+def hash_user(user_id: str) -> str:
+    """A stable pseudonym for a user id: logs can be correlated, not read."""
+    return "u:" + hashlib.sha256(user_id.encode()).hexdigest()[:12]
+
+
 def _scrub(
     _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     for key in list(event_dict):
-        if key.lower() in _SECRET_KEYS:
+        lowered = key.lower()
+        if lowered in _SECRET_KEYS:
             event_dict[key] = "<redacted>"
+        elif lowered in _USER_KEYS and isinstance(event_dict[key], str):
+            event_dict[key] = hash_user(event_dict[key])
     return event_dict
 
 

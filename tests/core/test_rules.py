@@ -106,3 +106,17 @@ def test_failure_classification() -> None:
 def test_unauthorized_waits_for_the_session_instead_of_failing_the_message() -> None:
     expired = RequestFailedError("expired", status=401, errcode="M_UNKNOWN_TOKEN")
     assert isinstance(on_failure(expired, Backoff(), 0.0), Retry)
+
+
+def test_logs_hash_user_ids_and_drop_secrets() -> None:
+    from skiffyd.logs import _scrub, hash_user
+
+    out = _scrub(None, "info", {"user_id": "@alice:x", "password": "pw", "body": "hi", "count": 3})
+    assert out == {
+        "user_id": hash_user("@alice:x"),
+        "password": "<redacted>",
+        "body": "<redacted>",
+        "count": 3,
+    }
+    assert hash_user("@alice:x") != hash_user("@bob:x")
+    assert "alice" not in hash_user("@alice:x")

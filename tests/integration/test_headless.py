@@ -130,3 +130,9 @@ def test_logs_hold_no_password_token_or_body(
     log = daemon.log_path.read_text()
     for needle in [account.password, *secrets_now, *bodies]:  # type: ignore[attr-defined]
         assert needle not in log
+    # User ids are hashed; each command's lines carry a request id.
+    assert account.user_id not in log  # type: ignore[attr-defined]
+    login_lines = [json.loads(line) for line in log.splitlines() if '"session.logged_in"' in line]
+    assert login_lines
+    assert login_lines[0]["cmd"] == "login"
+    assert login_lines[0]["request_id"]
