@@ -34,6 +34,10 @@ app = typer.Typer(
     help="skiffyd: a headless Matrix client daemon, and its command line.",
 )
 
+from skiffyd.cli import ops  # noqa: E402  (its verbs join the one app)
+
+ops.register(app)
+
 R = TypeVar("R", bound=wire.Result)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
