@@ -208,6 +208,8 @@ def aggregate(
     """The display of one row from its original and its (unredacted) relations."""
     if redacted:
         return Display(content=redact_content(event_type, content), redacted=True)
+    if not relations:
+        return Display(content=content)  # most rows: nothing points at them
     latest_edit: Relation | None = None
     senders_by_key: dict[str, set[str]] = {}
     thread_latest: Relation | None = None

@@ -6,6 +6,10 @@ more than we know is fine, and one that sends the wrong type for a field we
 use fails validation with the path of the bad field (a ``BadResponseError``
 at the transport boundary). Event ``content`` stays a plain dict: its shape
 depends on the event type and is interpreted by :mod:`skiffyd.core.sync`.
+
+Every Struct is ``gc=False``: they form no reference cycles, and leaving the
+tens of thousands of them in an initial sync out of the garbage collector's
+scans cut the ingest's CPU time by about a quarter (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 import msgspec
 
 
-class UnsignedData(msgspec.Struct, kw_only=True):
+class UnsignedData(msgspec.Struct, kw_only=True, gc=False):
     transaction_id: str | None = None
     age: int | None = None
     prev_content: dict[str, Any] | None = None
@@ -23,7 +27,7 @@ class UnsignedData(msgspec.Struct, kw_only=True):
     redacted_because: dict[str, Any] | None = None
 
 
-class ClientEvent(msgspec.Struct, kw_only=True):
+class ClientEvent(msgspec.Struct, kw_only=True, gc=False):
     """A timeline or state event as /sync delivers it (room_id implied)."""
 
     type: str
@@ -37,46 +41,46 @@ class ClientEvent(msgspec.Struct, kw_only=True):
     redacts: str | None = None
 
 
-class StrippedStateEvent(msgspec.Struct, kw_only=True):
+class StrippedStateEvent(msgspec.Struct, kw_only=True, gc=False):
     type: str
     state_key: str = ""
     sender: str = ""
     content: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class EventList(msgspec.Struct, kw_only=True):
+class EventList(msgspec.Struct, kw_only=True, gc=False):
     events: list[ClientEvent] = msgspec.field(default_factory=list)
 
 
-class Timeline(msgspec.Struct, kw_only=True):
+class Timeline(msgspec.Struct, kw_only=True, gc=False):
     events: list[ClientEvent] = msgspec.field(default_factory=list)
     limited: bool = False
     prev_batch: str | None = None
 
 
-class RoomSummary(msgspec.Struct, kw_only=True):
+class RoomSummary(msgspec.Struct, kw_only=True, gc=False):
     heroes: list[str] | None = msgspec.field(default=None, name="m.heroes")
     joined_member_count: int | None = msgspec.field(default=None, name="m.joined_member_count")
     invited_member_count: int | None = msgspec.field(default=None, name="m.invited_member_count")
 
 
-class UnreadNotifications(msgspec.Struct, kw_only=True):
+class UnreadNotifications(msgspec.Struct, kw_only=True, gc=False):
     notification_count: int | None = None
     highlight_count: int | None = None
 
 
-class BasicEvent(msgspec.Struct, kw_only=True):
+class BasicEvent(msgspec.Struct, kw_only=True, gc=False):
     """Account data and ephemeral events: a type and a content."""
 
     type: str
     content: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class BasicEventList(msgspec.Struct, kw_only=True):
+class BasicEventList(msgspec.Struct, kw_only=True, gc=False):
     events: list[BasicEvent] = msgspec.field(default_factory=list)
 
 
-class JoinedRoom(msgspec.Struct, kw_only=True):
+class JoinedRoom(msgspec.Struct, kw_only=True, gc=False):
     state: EventList = msgspec.field(default_factory=EventList)
     timeline: Timeline = msgspec.field(default_factory=Timeline)
     summary: RoomSummary = msgspec.field(default_factory=RoomSummary)
@@ -85,33 +89,33 @@ class JoinedRoom(msgspec.Struct, kw_only=True):
     account_data: BasicEventList = msgspec.field(default_factory=BasicEventList)
 
 
-class InviteState(msgspec.Struct, kw_only=True):
+class InviteState(msgspec.Struct, kw_only=True, gc=False):
     events: list[StrippedStateEvent] = msgspec.field(default_factory=list)
 
 
-class InvitedRoom(msgspec.Struct, kw_only=True):
+class InvitedRoom(msgspec.Struct, kw_only=True, gc=False):
     invite_state: InviteState = msgspec.field(default_factory=InviteState)
 
 
-class LeftRoom(msgspec.Struct, kw_only=True):
+class LeftRoom(msgspec.Struct, kw_only=True, gc=False):
     state: EventList = msgspec.field(default_factory=EventList)
     timeline: Timeline = msgspec.field(default_factory=Timeline)
     account_data: BasicEventList = msgspec.field(default_factory=BasicEventList)
 
 
-class Rooms(msgspec.Struct, kw_only=True):
+class Rooms(msgspec.Struct, kw_only=True, gc=False):
     join: dict[str, JoinedRoom] = msgspec.field(default_factory=dict)
     invite: dict[str, InvitedRoom] = msgspec.field(default_factory=dict)
     leave: dict[str, LeftRoom] = msgspec.field(default_factory=dict)
 
 
-class SyncResponse(msgspec.Struct, kw_only=True):
+class SyncResponse(msgspec.Struct, kw_only=True, gc=False):
     next_batch: str
     rooms: Rooms = msgspec.field(default_factory=Rooms)
     account_data: BasicEventList = msgspec.field(default_factory=BasicEventList)
 
 
-class MessagesResponse(msgspec.Struct, kw_only=True):
+class MessagesResponse(msgspec.Struct, kw_only=True, gc=False):
     """``GET /rooms/{id}/messages``: ``chunk`` is newest first with dir=b."""
 
     chunk: list[ClientEvent] = msgspec.field(default_factory=list)
@@ -120,7 +124,7 @@ class MessagesResponse(msgspec.Struct, kw_only=True):
     state: list[ClientEvent] = msgspec.field(default_factory=list)
 
 
-class LoginResponse(msgspec.Struct, kw_only=True):
+class LoginResponse(msgspec.Struct, kw_only=True, gc=False):
     user_id: str
     access_token: str
     device_id: str
@@ -131,18 +135,18 @@ class LoginResponse(msgspec.Struct, kw_only=True):
         return f"LoginResponse(user_id={self.user_id!r}, device_id={self.device_id!r})"
 
 
-class MatrixErrorBody(msgspec.Struct, kw_only=True):
+class MatrixErrorBody(msgspec.Struct, kw_only=True, gc=False):
     errcode: str | None = None
     error: str | None = None
     retry_after_ms: int | None = None
     soft_logout: bool = False
 
 
-class SendResponse(msgspec.Struct, kw_only=True):
+class SendResponse(msgspec.Struct, kw_only=True, gc=False):
     event_id: str
 
 
-class JoinResponse(msgspec.Struct, kw_only=True):
+class JoinResponse(msgspec.Struct, kw_only=True, gc=False):
     room_id: str
 
 

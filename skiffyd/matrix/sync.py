@@ -24,7 +24,7 @@ from ipc_schema import Event, SessionState, Typing
 from skiffyd.core.backoff import Backoff
 from skiffyd.core.sync import SyncPlan, plan_sync
 from skiffyd.core.wire import SyncResponse, sync_decoder
-from skiffyd.errors import MatrixError, RequestFailedError, SessionExpiredError
+from skiffyd.errors import CacheError, MatrixError, RequestFailedError, SessionExpiredError
 from skiffyd.matrix.transport import Transport, decode
 
 if TYPE_CHECKING:
@@ -130,7 +130,17 @@ class SyncService:
                 await trio.sleep(delay)
                 continue
             plan = plan_sync(response, self._own_user_id)
-            await self.apply(plan)
+            try:
+                await self.apply(plan)
+            except CacheError as exc:
+                # Nothing was stored (one transaction) and the token did not
+                # move: retry later rather than take the daemon down.
+                delay = backoff.next_delay(rng.random())
+                log.error("sync.apply_failed", code=exc.code, retry_in_s=round(delay, 2))
+                self._set_state("offline", exc.code)
+                caught_up = False
+                await trio.sleep(delay)
+                continue
             if since is None:
                 self.full_syncs += 1
                 log.info("sync.initial_done", rooms=len(plan.rooms), events=plan.event_count)

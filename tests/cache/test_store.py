@@ -96,22 +96,39 @@ def test_a_failed_apply_leaves_nothing_behind(
     cache: Cache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cache.apply_sync(_plan("s1", _msg("$1", "one")))
-    original = cache._store_item
+    original = cache._store_batch
     calls = 0
 
-    def explode(work: object, item: TimelineItem, *, pos: int | None) -> object:
+    def explode(work: object, room_id: str, items: list[TimelineItem]) -> object:
         nonlocal calls
         calls += 1
         if calls == 2:
             raise apsw.IOError("disk went away")
-        return original(work, item, pos=pos)  # type: ignore[arg-type]
+        return original(work, room_id, items)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(cache, "_store_item", explode)
-    with pytest.raises(apsw.IOError):
-        cache.apply_sync(_plan("s2", _msg("$2", "two"), _msg("$3", "three")))
+    monkeypatch.setattr(cache, "_store_batch", explode)
+    # Two rooms in one response: the first is written, the second fails.
+    plan = _plan("s2", _msg("$2", "two"))
+    other = [
+        classify(
+            "!other:x",
+            ClientEvent(
+                type="m.room.message",
+                event_id="$3",
+                sender="@a:x",
+                content={"msgtype": "m.text", "body": "three"},
+            ),
+        )
+    ]
+    plan.rooms.append(RoomSync("!other:x", {"membership": "join"}, items=other))  # type: ignore[arg-type]
+    with pytest.raises(CacheError) as info:
+        cache.apply_sync(plan)
+    assert isinstance(info.value.__cause__, apsw.IOError)
+    assert calls == 2
     monkeypatch.undo()
     assert cache.next_batch() == "s1"
     assert [m.event_id for m in cache.messages(ROOM, 10)[0]] == ["$1"]
+    assert not cache.has_room("!other:x")
     # The seq counter rolled back too: the next change continues the log.
     [event] = cache.apply_sync(_plan("s3", _msg("$4", "four")))
     assert event.seq == cache.last_seq == 3

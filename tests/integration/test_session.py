@@ -86,9 +86,10 @@ def test_revoked_elsewhere_clears_credentials(
     inst = make_instance()
     status = inst.login_ready(synapse.base_url, account.user_id, account.password)  # type: ignore[attr-defined]
     device = status["device_id"]
-    with inst.tail() as tail:
-        # Ephemeral events reach only connected subscribers: make sure it is.
-        inst.cli_ok("create", "--name", "warm-up")
+    inst.cli_ok("create", "--name", "warm-up")
+    # --since 0 replays the log after subscribing: once the replay shows the
+    # room, the subscription is live for ephemeral events too.
+    with inst.tail("--since", "0") as tail:
         wait_for(
             lambda: any(e.get("type") == "room_updated" for e in tail.events()),
             timeout=30,
