@@ -67,7 +67,7 @@ MIGRATIONS: tuple[str, ...] = (
         -- and the relations pointing here:
         body           TEXT NOT NULL,
         msgtype        TEXT,
-        display        BLOB NOT NULL,
+        display        BLOB,  -- NULL: the same as content (no edit, no redaction)
         edited         INTEGER NOT NULL DEFAULT 0,
         reactions      TEXT,
         my_reactions   TEXT,
@@ -120,9 +120,15 @@ MIGRATIONS: tuple[str, ...] = (
         attempts   INTEGER NOT NULL DEFAULT 0,
         last_error TEXT
     ) STRICT;
+    -- A message event refers to its row (msg_ord, kind 1 added / 2 updated)
+    -- and is rebuilt from it on replay: an initial sync does not write every
+    -- message twice. Every other event keeps its msgpack payload.
     CREATE TABLE changelog (
         seq     INTEGER PRIMARY KEY,
-        payload BLOB NOT NULL
+        payload BLOB,
+        kind    INTEGER,
+        msg_ord INTEGER,
+        CHECK ((payload IS NULL) != (msg_ord IS NULL))
     ) STRICT;
     """,
 )

@@ -104,7 +104,7 @@ _ROOM_COLUMNS = (
 )
 _MESSAGE_COLUMNS = (
     "event_id, room_id, sender, body, ts, status, txn_id, msgtype, type, state_key, "
-    "display, edited, redacted, reactions, my_reactions, reply_to, thread_root, "
+    "COALESCE(display, content), edited, redacted, reactions, my_reactions, reply_to, thread_root, "
     "thread_count, thread_latest"
 )
 
@@ -142,9 +142,10 @@ def _message_from_row(row: tuple[Any, ...]) -> MessageInfo:
     )
 
 
-#: body, msgtype, display (packed), edited, reactions, my_reactions,
-#: thread_count, thread_latest: the derived columns of a row, in order.
-Derived = tuple[str, str | None, bytes, int, str | None, str | None, int, str | None]
+#: body, msgtype, display (packed; None when it is the content itself),
+#: edited, reactions, my_reactions, thread_count, thread_latest: the derived
+#: columns of a row, in order.
+Derived = tuple[str, str | None, bytes | None, int, str | None, str | None, int, str | None]
 
 
 def _derive(
@@ -181,7 +182,7 @@ def _derive(
     return (
         body,
         msgtype,
-        _pack(display.content),
+        None if display.content is content else _pack(display.content),
         int(display.edited),
         json.dumps(display.reactions) if display.reactions else None,
         json.dumps(display.my_reactions) if display.my_reactions else None,
@@ -204,9 +205,12 @@ def _message_info(
     reply_to: str | None,
     thread_root: str | None,
     derived: Derived,
+    content_b: bytes,
 ) -> MessageInfo:
     """The MessageInfo of a row just derived, without reading it back."""
     body, msgtype, display_b, edited, reactions, mine, thread_count, thread_latest = derived
+    if display_b is None:
+        display_b = content_b
     return _message_from_row(
         (
             event_id,
@@ -300,6 +304,7 @@ class Cache:
         self._conn = conn
         self._own_user_id = own_user_id
         self._last_seq = self._scalar("SELECT COALESCE(MAX(seq), 0) FROM changelog") or 0
+        self._msg_refs: dict[int, int] = {}
 
     # ------------------------------------------------------------------ open
 
@@ -364,28 +369,43 @@ class Cache:
                 self._append_changelog(events)
         except apsw.Error as exc:
             # Translated at this one boundary; the transaction rolled back whole.
+            self._msg_refs = {}
             self._last_seq = start_seq
             events.clear()
             raise CacheError(
                 f"a cache write failed and was rolled back ({type(exc).__name__})"
             ) from exc
         except BaseException:
+            self._msg_refs = {}
             self._last_seq = start_seq
             events.clear()
             raise
 
-    def _log(self, events: list[LoggedEvent], event: LoggedEvent) -> None:
+    def _log(
+        self, events: list[LoggedEvent], event: LoggedEvent, *, ord_: int | None = None
+    ) -> None:
+        """Add ``event`` to the transaction's change log; a message event may
+        name its row (``ord_``) instead of being stored whole."""
         events.append(event)
+        if ord_ is not None:
+            self._msg_refs[id(event)] = ord_
 
     def _append_changelog(self, events: list[LoggedEvent]) -> None:
         if not events:
             return
-        rows = []
+        rows: list[tuple[int, bytes | None, int | None, int | None]] = []
+        refs, self._msg_refs = self._msg_refs, {}
         for ev in events:
             self._last_seq += 1
             ev.seq = self._last_seq
-            rows.append((ev.seq, _event_encoder.encode(ev)))
-        self._conn.executemany("INSERT INTO changelog(seq, payload) VALUES (?, ?)", rows)
+            ord_ = refs.get(id(ev))
+            if ord_ is not None:
+                rows.append((ev.seq, None, 1 if isinstance(ev, MessageAdded) else 2, ord_))
+            else:
+                rows.append((ev.seq, _event_encoder.encode(ev), None, None))
+        self._conn.executemany(
+            "INSERT INTO changelog(seq, payload, kind, msg_ord) VALUES (?, ?, ?, ?)", rows
+        )
         oldest = self._last_seq - CHANGELOG_RETENTION - _TRIM_SLACK
         if oldest > 0 and self._last_seq % 1000 < len(events):
             self._conn.execute(
@@ -696,6 +716,7 @@ class Cache:
         for item in new:
             ord_ += 1
             is_redacted = item.redacted or item.event_id in redacted
+            content_b = _pack(item.content)
             derived = _derive(
                 event_type=item.type,
                 sender=item.sender,
@@ -717,7 +738,7 @@ class Cache:
                     item.state_key,
                     item.sender,
                     item.ts,
-                    _pack(item.content),
+                    content_b,
                     _pack(item.prev_content) if item.prev_content is not None else None,
                     int(is_redacted),
                     item.reply_to,
@@ -739,6 +760,7 @@ class Cache:
                 reply_to=item.reply_to,
                 thread_root=item.thread_root,
                 derived=derived,
+                content_b=content_b,
             )
             if first_new is None:
                 first_new = (pos, item.event_id)
@@ -1035,10 +1057,12 @@ class Cache:
             if before is None or _room_info(current) != _room_info(before):
                 self._log(events, RoomUpdated(seq=0, room=_room_info(current)))
         for ord_ in updated:
-            self._log(events, MessageUpdated(seq=0, message=self._message_by_ord(ord_)))
+            self._log(events, MessageUpdated(seq=0, message=self._message_by_ord(ord_)), ord_=ord_)
         for ord_ in work.added:
             info = work.infos.get(ord_)
-            self._log(events, MessageAdded(seq=0, message=info or self._message_by_ord(ord_)))
+            self._log(
+                events, MessageAdded(seq=0, message=info or self._message_by_ord(ord_)), ord_=ord_
+            )
         for done in work.outbox_done:
             self._log(events, OutboxUpdated(seq=0, item=done, removed=True))
 
@@ -1177,10 +1201,26 @@ class Cache:
         ):
             return ChangesResult(events=[], last_seq=last, reset=True)
         rows = self._all(
-            "SELECT payload FROM changelog WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit + 1)
+            "SELECT seq, payload, kind, msg_ord FROM changelog WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, limit + 1),
         )
         more = len(rows) > limit
-        events = [_event_decoder.decode(r[0]) for r in rows[:limit]]
+        events: list[LoggedEvent] = []
+        for row_seq, payload, kind, ord_ in rows[:limit]:
+            if payload is not None:
+                events.append(_event_decoder.decode(payload))
+                continue
+            # A message event, rebuilt from its row as it is now. A row that
+            # is gone was a cancelled echo: its message_removed follows.
+            found = self._one(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE ord = ?", (ord_,))
+            if found is None:
+                continue
+            message = _message_from_row(found)
+            events.append(
+                MessageAdded(seq=row_seq, message=message)
+                if kind == 1
+                else MessageUpdated(seq=row_seq, message=message)
+            )
         return ChangesResult(events=events, last_seq=last, more=more)
 
     # ---------------------------------------------------------------- outbox
@@ -1353,7 +1393,9 @@ class Cache:
         row = self._one("SELECT ord FROM messages WHERE txn_id = ? AND event_id IS NULL", (txn_id,))
         if row is not None:
             self._conn.execute("UPDATE messages SET status = ? WHERE ord = ?", (status, row[0]))
-            self._log(events, MessageUpdated(seq=0, message=self._message_by_ord(row[0])))
+            self._log(
+                events, MessageUpdated(seq=0, message=self._message_by_ord(row[0])), ord_=row[0]
+            )
 
     def retry(self, txn_id: str) -> list[LoggedEvent]:
         """A failed item goes back in the queue, at its place."""
