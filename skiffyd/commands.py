@@ -184,7 +184,13 @@ async def edit(d: Daemon, req: wire.Edit) -> wire.SendResult:
         content["formatted_body"] = f"* {new_content['formatted_body']}"
     _check_size(content)
     return await _enqueue(
-        d, s, room_id=req.room_id, kind="event", event_type="m.room.message", content=content
+        d,
+        s,
+        room_id=req.room_id,
+        kind="event",
+        event_type="m.room.message",
+        content=content,
+        target=target,
     )
 
 
@@ -219,7 +225,13 @@ async def react(d: Daemon, req: wire.React) -> wire.SendResult:
     await _check_target(d, s, target, own=False)
     content = {"m.relates_to": {"rel_type": "m.annotation", "event_id": target, "key": req.key}}
     return await _enqueue(
-        d, s, room_id=req.room_id, kind="event", event_type="m.reaction", content=content
+        d,
+        s,
+        room_id=req.room_id,
+        kind="event",
+        event_type="m.reaction",
+        content=content,
+        target=target,
     )
 
 

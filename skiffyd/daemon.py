@@ -326,6 +326,8 @@ class Daemon:
     ) -> None:
         assert session.sync is not None
         assert session.outbox is not None
+        # Started from a command (login): not that command's log context.
+        structlog.contextvars.clear_contextvars()
         try:
             with session.cancel_scope:
                 async with trio.open_nursery() as nursery:

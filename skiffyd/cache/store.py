@@ -56,7 +56,7 @@ from ipc_schema import (
     RoomUpdated,
 )
 from skiffyd.cache.migrations import MIGRATIONS
-from skiffyd.core.outbox import OutboxItem, is_event_id
+from skiffyd.core.outbox import OutboxItem, fill_references, is_event_id
 from skiffyd.core.sync import (
     ROOM_FIELDS,
     MemberChange,
@@ -205,34 +205,38 @@ def _message_info(
     reply_to: str | None,
     thread_root: str | None,
     derived: Derived,
-    content_b: bytes,
+    display: dict[str, Any],
 ) -> MessageInfo:
-    """The MessageInfo of a row just derived, without reading it back."""
-    body, msgtype, display_b, edited, reactions, mine, thread_count, thread_latest = derived
-    if display_b is None:
-        display_b = content_b
-    return _message_from_row(
-        (
-            event_id,
-            room_id,
-            sender,
-            body,
-            ts,
-            status,
-            txn_id,
-            msgtype,
-            type_,
-            state_key,
-            display_b,
-            edited,
-            redacted,
-            reactions,
-            mine,
-            reply_to,
-            thread_root,
-            thread_count,
-            thread_latest,
-        )
+    """The MessageInfo of a row just derived, without reading it back.
+
+    ``display`` is the content shown (shared, not copied: an initial sync
+    holds tens of thousands of these at once).
+    """
+    body, msgtype, _display_b, edited, reactions, mine, thread_count, thread_latest = derived
+    fmt = _str_or_none(display.get("format"))
+    return MessageInfo(
+        event_id=event_id,
+        room_id=room_id,
+        sender=sender,
+        body=body,
+        ts=ts,
+        status=status,  # type: ignore[arg-type]
+        txn_id=txn_id,
+        msgtype=msgtype,
+        type=type_,
+        state_key=state_key,
+        format=fmt,
+        formatted_body=_str_or_none(display.get("formatted_body")) if fmt else None,
+        edited=bool(edited),
+        redacted=redacted,
+        reactions=json.loads(reactions) if reactions else {},
+        my_reactions=json.loads(mine) if mine else [],
+        reply_to=reply_to,
+        thread_root=thread_root,
+        thread_count=thread_count,
+        thread_latest=thread_latest,
+        content=display,
+        encrypted=type_ == "m.room.encrypted",
     )
 
 
@@ -760,7 +764,7 @@ class Cache:
                 reply_to=item.reply_to,
                 thread_root=item.thread_root,
                 derived=derived,
-                content_b=content_b,
+                display=item.content if derived[2] is None else _unpack_dict(derived[2]),
             )
             if first_new is None:
                 first_new = (pos, item.event_id)
@@ -931,11 +935,18 @@ class Cache:
             if row is not None:
                 # Our own local echo came back: reconcile, never duplicate.
                 ord_, event_id, status = row
-                if event_id != item.event_id or status != "sent":
+                # The server's copy is the record: its content names event ids
+                # where the echo may still name pending txn ids.
+                before = self._one(
+                    "SELECT content, reply_to, thread_root, ts FROM messages WHERE ord = ?",
+                    (ord_,),
+                )
+                after = (_pack(item.content), item.reply_to, item.thread_root, item.ts)
+                if event_id != item.event_id or status != "sent" or before != after:
                     self._conn.execute(
-                        "UPDATE messages SET event_id = ?, ts = ?, status = 'sent', content = ? "
-                        "WHERE ord = ?",
-                        (item.event_id, item.ts, _pack(item.content), ord_),
+                        "UPDATE messages SET event_id = ?, status = 'sent', content = ?, "
+                        "reply_to = ?, thread_root = ?, ts = ? WHERE ord = ?",
+                        (item.event_id, *after, ord_),
                     )
                     work.touched_targets.add(item.event_id)
                     work.changed.add(ord_)
@@ -1371,9 +1382,22 @@ class Cache:
             self._conn.execute(
                 "DELETE FROM messages WHERE event_id = ? AND ord != ?", (event_id, row[0])
             )
+            # What was sent named event ids where the echo named pending txn ids.
+            found = self._one(
+                "SELECT content, reply_to, thread_root FROM messages WHERE ord = ?", (row[0],)
+            )
+            assert found is not None
+
+            def resolve(ref: str | None) -> str | None:
+                if ref is None or is_event_id(ref):
+                    return ref
+                return self.event_id_for_txn(ref) or ref
+
+            content = fill_references(_unpack_dict(found[0]), lambda ref: resolve(ref) or ref)
             self._conn.execute(
-                "UPDATE messages SET event_id = ?, status = 'sent' WHERE ord = ?",
-                (event_id, row[0]),
+                "UPDATE messages SET event_id = ?, status = 'sent', content = ?, reply_to = ?, "
+                "thread_root = ? WHERE ord = ?",
+                (event_id, _pack(content), resolve(found[1]), resolve(found[2]), row[0]),
             )
             work = _Work(added=[], touched_targets={event_id}, rooms={}, changed={row[0]})
             self._finish(events, work)

@@ -93,7 +93,7 @@ def heads(items: Iterable[OutboxItem]) -> list[OutboxItem]:
     return [i for i in first.values() if i.state == "queued"]
 
 
-def _fill(content: dict[str, Any], resolve: Callable[[str], str]) -> dict[str, Any]:
+def fill_references(content: dict[str, Any], resolve: Callable[[str], str]) -> dict[str, Any]:
     """``content`` with txn-id references in its relation replaced by event ids."""
     relates = content.get("m.relates_to")
     if not isinstance(relates, dict):
@@ -127,7 +127,7 @@ def request_for(item: OutboxItem, resolve: Callable[[str], str | None]) -> HttpR
         return HttpRequest(
             "PUT",
             f"/_matrix/client/v3/rooms/{room}/send/{quote(item.event_type, safe='')}/{txn}",
-            _fill(item.content, must),
+            fill_references(item.content, must),
         )
     if item.kind == "redaction":
         assert item.target is not None

@@ -9,14 +9,20 @@ callable from plain code, from sync tests, and from trio via
 Encryption is off: the peer speaks plain rooms, which is all the walking
 skeleton needs. :meth:`Peer.messages` reads the whole room history with
 ``/messages`` (paginating back to the room's creation), so it sees every
-event — what exactly-once checks need.
+event — what exactly-once checks need. The other readers (:meth:`Peer.events`,
+:meth:`Peer.state`, :meth:`Peer.read_receipts`, :meth:`Peer.typing_users`,
+:meth:`Peer.account_data`, …) ask the server directly too, so a test checks
+what any other client would see.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import secrets
 import threading
 import time
+import urllib.parse
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import nio
@@ -270,6 +276,181 @@ class Peer:
                 )
             time.sleep(0.2)
 
+    # ------------------------------------------------- reading the server
+
+    def request(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """A raw client-server API call as this user: (HTTP status, JSON body).
+
+        ``path`` starts with ``/_matrix/``; ids in it must already be quoted
+        (see :func:`q`). Never raises on an error status: the caller decides.
+        """
+
+        async def go() -> tuple[int, dict[str, Any]]:
+            headers = {
+                "Authorization": f"Bearer {self.client.access_token}",
+                "Content-Type": "application/json",
+            }
+            data = json.dumps(body) if body is not None else None
+            resp = await self.client.send(method, path, data=data, headers=headers)
+            try:
+                value = await resp.json(content_type=None)
+            finally:
+                resp.release()
+            return int(resp.status), value if isinstance(value, dict) else {}
+
+        return self._run(go())
+
+    def request_ok(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """:meth:`request`, raising :class:`PeerError` unless the answer is 200."""
+        status, value = self.request(method, path, body)
+        if status != 200:
+            raise PeerError(f"{method} {path.split('?')[0]}: {status} {value.get('errcode')}")
+        return value
+
+    def create_room_with(self, body: dict[str, Any]) -> str:
+        """``POST /createRoom`` with any request body (preset, alias, …); its room id."""
+        return str(self.request_ok("POST", "/_matrix/client/v3/createRoom", body)["room_id"])
+
+    def events(self, room_id: str) -> list[dict[str, Any]]:
+        """Every event of the room as the server serves it, oldest first (``/messages``)."""
+
+        async def go() -> list[dict[str, Any]]:
+            found: list[dict[str, Any]] = []
+            start: str | None = None
+            for _ in range(10_000):
+                resp = await self.client.room_messages(room_id, start=start, limit=100)
+                if not isinstance(resp, nio.RoomMessagesResponse):
+                    raise PeerError(f"/messages failed: {_describe(resp)}")
+                for event in resp.chunk:
+                    source = getattr(event, "source", None)
+                    if isinstance(source, dict) and "event_id" in source:
+                        found.append(source)
+                if not resp.chunk or not resp.end or resp.end == start:
+                    break
+                start = resp.end
+            found.reverse()
+            return found
+
+        return self._run(go())
+
+    def event(self, room_id: str, event_id: str) -> dict[str, Any]:
+        """One event (``GET /rooms/{id}/event/{event_id}``); a redacted one has no content."""
+        return self.request_ok("GET", f"/_matrix/client/v3/rooms/{q(room_id)}/event/{q(event_id)}")
+
+    def state(self, room_id: str, event_type: str, state_key: str = "") -> dict[str, Any] | None:
+        """The content of a state event, or None if the room has none (404)."""
+        status, value = self.request(
+            "GET",
+            f"/_matrix/client/v3/rooms/{q(room_id)}/state/{q(event_type)}/{q(state_key)}",
+        )
+        if status == 404:
+            return None
+        if status != 200:
+            raise PeerError(f"state {event_type} in {room_id}: {status} {value.get('errcode')}")
+        return value
+
+    def membership(self, room_id: str, user_id: str) -> dict[str, Any] | None:
+        """The ``m.room.member`` content of ``user_id`` in the room, as this peer sees it."""
+        return self.state(room_id, "m.room.member", user_id)
+
+    def sync_once(self, room_filter: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A fresh initial ``/sync`` (timeout 0) with ``room_filter`` as the filter's "room".
+
+        Synapse answers a repeated identical /sync from a cache for two minutes
+        (``sync_response_cache_duration``), which would hide a change (a receipt
+        moved, typing stopped): a nonce in the filter (unknown filter fields are
+        allowed) makes each request new.
+        """
+        sync_filter = {
+            "room": room_filter or {},
+            "presence": {"types": []},
+            "account_data": {"types": []},
+            "org.skiffyd.devenv.nonce": secrets.token_hex(8),
+        }
+        query = urllib.parse.urlencode({"timeout": "0", "filter": json.dumps(sync_filter)})
+        return self.request_ok("GET", f"/_matrix/client/v3/sync?{query}")
+
+    def _ephemeral(self, room_id: str, event_type: str) -> list[dict[str, Any]]:
+        body = self.sync_once(
+            {
+                "rooms": [room_id],
+                "timeline": {"limit": 1},
+                "state": {"types": []},
+                "ephemeral": {"types": [event_type]},
+            }
+        )
+        room = body.get("rooms", {}).get("join", {}).get(room_id, {})
+        events = room.get("ephemeral", {}).get("events", [])
+        return [e for e in events if isinstance(e, dict) and e.get("type") == event_type]
+
+    def read_receipts(self, room_id: str) -> dict[str, str]:
+        """Each user's public read receipt (``m.read``) in the room: user id → event id."""
+        receipts: dict[str, tuple[int, str]] = {}
+        for event in self._ephemeral(room_id, "m.receipt"):
+            for event_id, by_type in event.get("content", {}).items():
+                for user_id, info in by_type.get("m.read", {}).items():
+                    ts = int(info.get("ts", 0)) if isinstance(info, dict) else 0
+                    if user_id not in receipts or ts >= receipts[user_id][0]:
+                        receipts[user_id] = (ts, event_id)
+        return {user: event_id for user, (_, event_id) in receipts.items()}
+
+    def typing_users(self, room_id: str) -> list[str]:
+        """Who the server says is typing in the room now."""
+        users: list[str] = []
+        for event in self._ephemeral(room_id, "m.typing"):
+            users.extend(str(u) for u in event.get("content", {}).get("user_ids", []))
+        return users
+
+    def invites(self) -> dict[str, list[dict[str, Any]]]:
+        """The rooms this peer is invited to: room id → the stripped invite state."""
+        body = self.sync_once({"timeline": {"limit": 1}})
+        invited = body.get("rooms", {}).get("invite", {})
+        return {
+            room_id: list(room.get("invite_state", {}).get("events", []))
+            for room_id, room in invited.items()
+        }
+
+    def joined_rooms(self) -> list[str]:
+        value = self.request_ok("GET", "/_matrix/client/v3/joined_rooms")
+        return [str(r) for r in value.get("joined_rooms", [])]
+
+    def account_data(self, event_type: str, room_id: str | None = None) -> dict[str, Any] | None:
+        """This user's account data of ``event_type`` (per room if ``room_id``); None if unset."""
+        user = q(self.user_id or "")
+        path = (
+            f"/_matrix/client/v3/user/{user}/rooms/{q(room_id)}/account_data/{q(event_type)}"
+            if room_id is not None
+            else f"/_matrix/client/v3/user/{user}/account_data/{q(event_type)}"
+        )
+        status, value = self.request("GET", path)
+        if status == 404:
+            return None
+        if status != 200:
+            raise PeerError(f"account data {event_type}: {status} {value.get('errcode')}")
+        return value
+
+    def profile(self, user_id: str) -> dict[str, Any]:
+        """``GET /profile/{user_id}``: displayname and avatar_url (absent when unset)."""
+        return self.request_ok("GET", f"/_matrix/client/v3/profile/{q(user_id)}")
+
+    def ban(self, room_id: str, user_id: str, reason: str | None = None) -> None:
+        async def go() -> None:
+            resp = await self.client.room_ban(room_id, user_id, reason=reason)
+            if not isinstance(resp, nio.RoomBanResponse):
+                raise PeerError(f"ban failed: {_describe(resp)}")
+
+        self._run(go())
+
+    def set_power_levels(self, room_id: str, **changes: Any) -> None:
+        """Change top-level keys of the room's ``m.room.power_levels`` (e.g. events_default)."""
+        levels = self.state(room_id, "m.room.power_levels") or {}
+        levels.update(changes)
+        self.put_state(room_id, "m.room.power_levels", levels)
+
     def close(self) -> None:
         """Log nothing out (the server is throwaway); close the HTTP session and the loop."""
         if self._closed:
@@ -289,6 +470,11 @@ class Peer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def q(value: str) -> str:
+    """Quote an id (room, event, user) for a URL path segment."""
+    return urllib.parse.quote(value, safe="")
 
 
 def _describe(resp: object) -> str:

@@ -51,8 +51,11 @@ if TYPE_CHECKING:
 
 R = TypeVar("R", bound=msgspec.Struct)
 
-#: How many frames the subscriber's nng queue holds before nng drops (then
-#: the gap is filled through ChangesSince).
+#: How many frames the subscriber's nng queue holds before nng drops the
+#: oldest (the gap is then filled through ChangesSince). Enough for bursts
+#: (~0.2 s at 50k events/s); more would only make a UI that lags hold what
+#: it is behind on in memory, up to this many frames of up to 1 MiB
+#: (docs/benchmarks-ipc.md).
 SUB_RECV_BUFFER = 32
 
 

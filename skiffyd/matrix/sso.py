@@ -87,6 +87,7 @@ async def open_flow(homeserver: str, lifetime: float) -> tuple[SsoFlow, trio.Soc
 
 async def serve_flow(flow: SsoFlow, listener: trio.SocketListener) -> None:
     """Accept until the redirect with a token for this flow arrives, or the deadline."""
+    structlog.contextvars.clear_contextvars()  # not the starting command's context
     expected = f"/skiffyd-sso/{flow.flow_id}"
     try:
         with trio.move_on_at(flow.deadline):

@@ -130,6 +130,8 @@ class SyncService:
                 await trio.sleep(delay)
                 continue
             plan = plan_sync(response, self._own_user_id)
+            next_batch = response.next_batch
+            del response  # the plan keeps what it needs; a big sync is big
             try:
                 await self.apply(plan)
             except CacheError as exc:
@@ -144,7 +146,7 @@ class SyncService:
             if since is None:
                 self.full_syncs += 1
                 log.info("sync.initial_done", rooms=len(plan.rooms), events=plan.event_count)
-            since = response.next_batch
+            since = next_batch
             caught_up = True
             self.syncs += 1
             backoff.reset()

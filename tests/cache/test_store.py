@@ -158,8 +158,13 @@ def test_mark_sent_then_sync_echo(cache: Cache) -> None:
     _send(cache, "hi", "t1")
     [updated] = _messages_only(cache.mark_sent("t1", "$e"))
     assert updated.message.status == "sent"
-    assert cache.apply_sync(_plan("s2", _msg("$e", "hi", sender=ME, txn_id="t1"))) == []
-    assert len(cache.messages(ROOM, 10)[0]) == 1
+    # The server's copy reconciles the echo (its timestamp wins), never adds a row.
+    events = cache.apply_sync(_plan("s2", _msg("$e", "hi", sender=ME, txn_id="t1")))
+    assert [type(e).__name__ for e in events] == ["MessageUpdated"]
+    [row] = cache.messages(ROOM, 10)[0]
+    assert (row.event_id, row.ts, row.status) == ("$e", 1, "sent")
+    # The same copy again changes nothing.
+    assert cache.apply_sync(_plan("s3", _msg("$e", "hi", sender=ME, txn_id="t1"))) == []
 
 
 def test_outbox_failure_and_unknown_room(cache: Cache) -> None:
