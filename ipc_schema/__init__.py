@@ -14,8 +14,9 @@ Two nng sockets live in the daemon's runtime directory:
 * ``events.sock`` — Pub0. The daemon publishes :class:`EventBatch` frames.
   Every change-log event carries ``seq``, a global, gap-free, strictly
   increasing number from the cache's change log. A UI that sees a gap, that
-  reconnects, or that sees a new ``instance_id`` asks
-  :class:`ChangesSince` and gets exactly what it missed, from the cache.
+  reconnects, or that sees a new ``instance_id`` (a new change log) asks
+  :class:`ChangesSince` with the instance id its seq belongs to, and gets
+  exactly what it missed, from the cache, or ``reset`` to reload.
   nng pub/sub drops frames for slow subscribers, so this catch-up is part of
   the protocol, not an optimisation.
 * :class:`SessionStateChanged` is ephemeral (not in the change log): its
@@ -602,8 +603,8 @@ LoggedEvent = (
 class ChangesResult(msgspec.Struct, tag_field="type", tag="changes", kw_only=True):
     """The change-log events with ``seq`` > the asked seq, oldest first.
 
-    ``reset`` is true when the asked seq is older than what the log retains
-    (or is ahead of it: another daemon instance): the UI must reload its
+    ``reset`` is true when the asked seq is older than what the log retains,
+    ahead of it, or from another change log (``instance_id``): the UI must reload its
     state (rooms, messages) and continue from ``last_seq``. ``more`` is true
     when ``limit`` cut the answer short: ask again from the last seq seen.
     """
@@ -649,7 +650,8 @@ class Reply(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class EventBatch(msgspec.Struct, kw_only=True):
-    """One Pub0 frame. ``instance_id`` changes each time the daemon starts."""
+    """One Pub0 frame. ``instance_id`` names the daemon's change log: the same
+    across daemon restarts, new with a new account session's cache."""
 
     instance_id: str
     events: list[Event]

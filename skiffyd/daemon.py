@@ -232,7 +232,8 @@ class Daemon:
         if new.credentials_backend != self.settings.credentials_backend:
             log.warning("daemon.reload_credentials_deferred", takes_effect="next start")
         self.settings = new
-        log.info("daemon.reloaded", log_level=new.log_level)
+        # A warning: it must show whatever level was just chosen.
+        log.warning("daemon.reloaded", log_level=new.log_level)
 
     async def _shutdown(self) -> None:
         """Stop taking commands; let the item in flight finish, within the grace."""
@@ -261,7 +262,7 @@ class Daemon:
             if creds is None:
                 log.warning("daemon.no_credentials_for_account")
                 self.last_error = (
-                    "the keyring has no credentials for the stored account: log in again"
+                    "the credentials store has nothing for the stored account: log in again"
                 )
                 return
             await self._start_session(creds)
@@ -301,7 +302,7 @@ class Daemon:
         self.session = session
         # The instance id names the change log: the same across restarts (UIs
         # catch up by seq), new with a new cache (UIs are told to reload).
-        self.instance_id = cache.log_id
+        self.instance_id = await self.db(lambda: cache.log_id)
         self.server.instance_id = self.instance_id
         session.outbox = OutboxService(
             transport=transport, cache=cache, db=self.db, publish=self.publish
@@ -357,8 +358,11 @@ class Daemon:
             return
         session.ending = True
         user_id = session.creds.user_id
-        log.warning("session.expired", revoked=exc.revoked)
+        seq = session.cache.last_seq
         async with self._session_lock:
+            if self.session is not session:
+                return  # a logout got there first
+            log.warning("session.expired", revoked=exc.revoked)
             await self._close_session(session)
             if exc.revoked:
                 # Logged out elsewhere: these credentials will never work again.
@@ -369,7 +373,11 @@ class Daemon:
                     lambda: shutil.rmtree(account_dir, ignore_errors=True)
                 )
         self.publish(
-            [wire.SessionExpired(seq=0, user_id=user_id, revoked=exc.revoked, message=exc.message)]
+            [
+                wire.SessionExpired(
+                    seq=seq, user_id=user_id, revoked=exc.revoked, message=exc.message
+                )
+            ]
         )
         self.set_state("logged_out", exc.message + " (`skiffyd login`)")
 
@@ -614,9 +622,15 @@ class Daemon:
         timeout = max(10, min(request.timeout_s, 3600))
         flow, listener = await sso.open_flow(homeserver, timeout)
         self._sso_flows[flow.flow_id] = flow
-        self._nursery.start_soon(sso.serve_flow, flow, listener)
+        self._nursery.start_soon(self._serve_sso_flow, flow, listener)
         log.info("sso.started", port=flow.port)
         return wire.SsoStartResult(flow_id=flow.flow_id, url=flow.login_url, timeout_s=timeout)
+
+    async def _serve_sso_flow(self, flow: sso.SsoFlow, listener: trio.SocketListener) -> None:
+        await sso.serve_flow(flow, listener)
+        # A flow nobody finishes does not keep its token: gone a minute later.
+        await trio.sleep(60)
+        self._sso_flows.pop(flow.flow_id, None)
 
     async def _sso_finish(self, request: wire.SsoFinish) -> wire.LoginResult:
         flow = self._sso_flows.get(request.flow_id)

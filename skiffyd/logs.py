@@ -55,8 +55,23 @@ def _scrub(
     return event_dict
 
 
+_threshold = logging.INFO
+
+
+def _level_filter(
+    _logger: Any, method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    # Checked per event, not baked into cached loggers, so a reload (SIGHUP)
+    # changes the level of every logger at once.
+    if logging.getLevelNamesMapping().get(method.upper(), logging.INFO) < _threshold:
+        raise structlog.DropEvent
+    return event_dict
+
+
 def configure(level: str | None = None) -> None:
+    global _threshold
     level_name = (level or os.environ.get("SKIFFY_LOG_LEVEL", "info")).upper()
+    _threshold = logging.getLevelNamesMapping().get(level_name, logging.INFO)
     fmt = os.environ.get("SKIFFY_LOG_FORMAT", "auto")
     pretty = fmt == "pretty" or (fmt == "auto" and sys.stderr.isatty())
     renderer: Any = (
@@ -64,6 +79,7 @@ def configure(level: str | None = None) -> None:
     )
     structlog.configure(
         processors=[
+            _level_filter,
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -71,9 +87,7 @@ def configure(level: str | None = None) -> None:
             structlog.processors.format_exc_info if not pretty else structlog.dev.set_exc_info,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping().get(level_name, logging.INFO)
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )

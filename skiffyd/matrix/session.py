@@ -174,8 +174,8 @@ class TokenManager:
             await self.refresh(self.creds.access_token)
 
     async def recover(self, stale_token: str, error: RequestFailedError) -> bool:
-        if error.errcode not in (None, "M_UNKNOWN_TOKEN"):
-            return False
+        if error.errcode != "M_UNKNOWN_TOKEN":
+            return False  # not about the token (interactive auth, a proxy): not ours to heal
         if not error.soft_logout:
             expired = SessionExpiredError(
                 "the session was revoked (logged out elsewhere): log in again", revoked=True

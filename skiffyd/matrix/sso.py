@@ -102,7 +102,11 @@ async def serve_flow(flow: SsoFlow, listener: trio.SocketListener) -> None:
                         continue
                     flow.token = token
                     await stream.send_all(
-                        _response("200 OK", "skiffyd is logged in. You can close this window.")
+                        _response(
+                            "200 OK",
+                            "skiffyd got the sign-in. Close this window; your terminal "
+                            "says whether the login succeeded.",
+                        )
                     )
         if flow.token is None:
             flow.failed = "no redirect came back from the homeserver in time"

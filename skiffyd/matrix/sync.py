@@ -111,7 +111,11 @@ class SyncService:
             try:
                 response = await self.fetch(since, wait=caught_up)
             except MatrixError as exc:
-                if isinstance(exc, RequestFailedError) and exc.status == 401:
+                if (
+                    isinstance(exc, RequestFailedError)
+                    and exc.status == 401
+                    and exc.errcode == "M_UNKNOWN_TOKEN"
+                ):
                     # The transport already tried a refresh: the session is over.
                     log.warning("sync.unauthorized", errcode=exc.errcode)
                     raise SessionExpiredError(

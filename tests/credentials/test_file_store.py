@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -10,6 +10,9 @@ from skiffyd import credentials
 from skiffyd.config import Paths, Settings
 from skiffyd.credentials import Credentials, EncryptedFileStore
 from skiffyd.errors import ConfigError, CredentialsError, NoKeyringError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def creds(token: str = "syt_secret_token_value") -> Credentials:

@@ -67,13 +67,21 @@ def test_headless_login_resume_reload_and_clean_stop(
 
     # SIGHUP re-reads the config: the daemon stays up and says so.
     config = inst.root / "config" / "skiffyd" / "config.toml"
-    config.write_text('log_level = "debug"\n' + config.read_text())
+    before = inst.log_path.read_text().count('"outbox.sent"')
+    assert before >= 1  # at info level, the first send was logged
+    config.write_text('log_level = "warning"\n' + config.read_text())
     assert inst.proc is not None
     inst.proc.send_signal(signal.SIGHUP)
     wait_for(
         lambda: '"daemon.reloaded"' in inst.log_path.read_text(), timeout=20, what="the reload"
     )
     assert inst.status()["state"] == "ready"
+    # The new level applies to every logger at once: a send logs no info line.
+    quiet = f"quiet-{secrets.token_hex(4)}"
+    inst.send(room, quiet)
+    peer.wait_for_bodies(room, [quiet])
+    wait_for(lambda: inst.status()["pending_outbox"] == 0, timeout=20, what="an empty outbox")
+    assert inst.log_path.read_text().count('"outbox.sent"') == before
 
     # SIGTERM: a clean stop (exit 0), then a resume from the file store.
     assert inst.stop_with(signal.SIGTERM) == 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, get_args
 
 import msgspec
 import pytest
@@ -13,6 +13,33 @@ import ipc_schema as s
 from skiffyd.ipc import codec
 
 enc = msgspec.msgpack.Encoder()
+
+
+def _sample(t: msgspec.inspect.Type) -> Any:
+    """A valid value for a required field of type ``t``."""
+    if isinstance(t, msgspec.inspect.UnionType):
+        return _sample(next(x for x in t.types if not isinstance(x, msgspec.inspect.NoneType)))
+    if isinstance(t, msgspec.inspect.LiteralType):
+        return t.values[0]
+    samples: dict[type, Any] = {
+        msgspec.inspect.StrType: "!x:hs",
+        msgspec.inspect.IntType: 3,
+        msgspec.inspect.BoolType: True,
+        msgspec.inspect.ListType: [],
+        msgspec.inspect.DictType: {},
+    }
+    return samples[type(t)]
+
+
+def _every_command() -> list[s.Request]:
+    """One instance of every command in the contract, required fields filled."""
+    requests: list[s.Request] = []
+    for cls in get_args(s.Request):
+        info = msgspec.inspect.type_info(cls)
+        assert isinstance(info, msgspec.inspect.StructType)
+        args = {f.name: _sample(f.type) for f in info.fields if f.required}
+        requests.append(cls(**args))
+    return requests
 
 
 def test_every_command_decodes() -> None:
@@ -26,6 +53,7 @@ def test_every_command_decodes() -> None:
         s.Send(room_id="!r:hs", body="hi"),
         s.Join(room="#a:hs"),
         s.ChangesSince(seq=4, limit=2),
+        *_every_command(),
     ]
     assert {type(r).__struct_config__.tag for r in requests} == s.COMMAND_NAMES
     for req in requests:

@@ -19,7 +19,7 @@ import trio
 import ipc_schema as s
 from skiffyd.errors import DaemonAlreadyRunningError, NotLoggedInError, SkiffyError
 from skiffyd.ipc import codec
-from skiffyd.ipc.client import DaemonTimeoutError
+from skiffyd.ipc.client import DaemonClient, DaemonTimeoutError
 from skiffyd.ipc.server import (
     MAX_BATCH_EVENTS,
     NNG_RECV_MAX_BYTES,
@@ -175,10 +175,46 @@ async def test_handler_crash_is_internal_error_and_logs_no_content(
     assert secret not in repr(logs)
 
 
-@pytest.mark.parametrize("contexts", [8, 1])
-async def test_slow_command_does_not_block_other_contexts(
-    start_server: Any, fake: Any, call: Any, contexts: int
+async def test_slow_commands_do_not_block_other_uis(
+    start_server: Any, fake: Any, call: Any
 ) -> None:
+    # More commands waiting on "the network" at once than the old design had
+    # contexts (8): each holds only its own task.
+    slow_uis = 12
+    entered: list[str] = []
+    all_entered, release = trio.Event(), trio.Event()
+
+    async def slow(req: s.Request) -> s.Result:
+        assert isinstance(req, s.Join)
+        entered.append(req.room)
+        if len(entered) == slow_uis:
+            all_entered.set()
+        await release.wait()
+        return s.JoinResult(room_id=f"!joined-{req.room}")
+
+    fake.overrides[s.Join] = slow
+    running = await start_server(fake.handle)
+    results: dict[str, s.Result] = {}
+
+    async def slow_call(room: str) -> None:
+        results[room] = await call(s.Join(room=room))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(slow_uis):
+            nursery.start_soon(slow_call, f"r{i}")
+        await all_entered.wait()
+        assert running.server.statistics().in_flight == slow_uis
+        # Other UIs are answered while every slow command is still in flight.
+        for _ in range(3):
+            assert isinstance(await call(s.Status()), s.StatusResult)
+            assert isinstance(await call(s.Rooms()), s.RoomsResult)
+        assert not release.is_set()
+        assert len(results) == 0
+        release.set()
+    assert results == {f"r{i}": s.JoinResult(room_id=f"!joined-r{i}") for i in range(slow_uis)}
+
+
+async def test_max_in_flight_is_back_pressure(start_server: Any, fake: Any, call: Any) -> None:
     entered, release = trio.Event(), trio.Event()
 
     async def slow(req: s.Request) -> s.Result:
@@ -187,7 +223,7 @@ async def test_slow_command_does_not_block_other_contexts(
         return s.MessagesResult(messages=[])
 
     fake.overrides[s.Messages] = slow
-    await start_server(fake.handle, contexts=contexts)
+    await start_server(fake.handle, max_in_flight=1)
     results: list[s.Result] = []
 
     async def slow_call() -> None:
@@ -196,15 +232,88 @@ async def test_slow_command_does_not_block_other_contexts(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(slow_call)
         await entered.wait()
-        if contexts > 1:
-            assert isinstance(await call(s.Status()), s.StatusResult)
-            assert not release.is_set()  # answered while the slow one was in flight
-        else:
-            # The control: with one context the fast command has to wait.
-            with pytest.raises(DaemonTimeoutError):
-                await call(s.Status(), client_timeout=0.3)
+        # The control for the test above: with one slot the fast command has
+        # to wait in nng (the client's timeout is the only clock here).
+        with pytest.raises(DaemonTimeoutError):
+            await call(s.Status(), client_timeout=0.3)
         release.set()
     assert results == [s.MessagesResult(messages=[])]
+    # Taking requests again once the slot is free.
+    assert isinstance(await call(s.Status()), s.StatusResult)
+
+
+async def test_concurrent_replies_go_back_to_their_own_requester(
+    start_server: Any, fake: Any, paths: Any
+) -> None:
+    # The raw socket routes each reply by the header of its request: many UIs,
+    # commands finishing in another order than they came, each UI must get
+    # its own answers.
+    uis, per_ui = 8, 25
+    pending: list[trio.Event] = []
+
+    async def join(req: s.Request) -> s.Result:
+        assert isinstance(req, s.Join)
+        done = trio.Event()
+        pending.append(done)
+        await done.wait()
+        return s.JoinResult(room_id=f"!joined-{req.room}")
+
+    fake.overrides[s.Join] = join
+    await start_server(fake.handle)
+
+    def ui(n: int) -> list[tuple[str, s.Result]]:
+        with DaemonClient(paths, timeout=10) as client:
+            out = []
+            for i in range(per_ui):
+                room = f"ui{n}-{i}"
+                out.append((room, client.request(s.Join(room=room))))
+            return out
+
+    answers: dict[int, list[tuple[str, s.Result]]] = {}
+
+    async def run_ui(n: int) -> None:
+        answers[n] = await trio.to_thread.run_sync(ui, n)
+
+    async def releaser() -> None:
+        for i in range(uis * per_ui):
+            # Wait until every UI still running has a command in flight, then
+            # finish mostly the newest one first, sometimes the oldest.
+            while len(pending) < uis - len(answers):  # noqa: ASYNC110
+                await trio.sleep(0.001)
+            pending.pop(0 if i % 3 == 0 else -1).set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(releaser)
+        for n in range(uis):
+            nursery.start_soon(run_ui, n)
+    for n in range(uis):
+        assert answers[n] == [
+            (f"ui{n}-{i}", s.JoinResult(room_id=f"!joined-ui{n}-{i}")) for i in range(per_ui)
+        ]
+
+
+async def test_requester_gone_before_the_reply(
+    start_server: Any, fake: Any, paths: Any, call: Any, until: Any
+) -> None:
+    entered, release = trio.Event(), trio.Event()
+
+    async def slow(req: s.Request) -> s.Result:
+        entered.set()
+        await release.wait()
+        return s.OkResult()
+
+    fake.overrides[s.Logout] = slow
+    running = await start_server(fake.handle)
+    sock = pynng.Req0(recv_timeout=5000, send_timeout=5000)
+    sock.resend_time = -1
+    sock.dial(f"ipc://{paths.command_socket}", block=True)
+    sock.send(codec.encode_request(s.Logout()))
+    await entered.wait()
+    sock.close()  # the UI quits while its command is in flight
+    release.set()
+    await until(lambda: running.server.statistics().in_flight == 0)
+    # Its reply went nowhere; the server goes on.
+    assert isinstance(await call(s.Status()), s.StatusResult)
 
 
 async def test_stop_accepting_answers_shutting_down(server: IpcServer, call: Any) -> None:

@@ -1,0 +1,373 @@
+"""Command round trip over IPC, side by side with a raw pynng echo.
+
+    .venv/bin/python -m tests.bench.bench_ipc_rtt [--requests 3000] [--rounds 3]
+
+Servers, each in its own process, all started once and idle but for the one
+being measured:
+
+* ``echo``       the anchor: a blocking pynng ``Rep0`` that sends back what it
+                 receives (no trio, no msgpack).
+* ``ipc``        skiffyd's :class:`~skiffyd.ipc.server.IpcServer` serving a
+                 small cached read (``Messages`` of 5 messages from memory).
+* ``ipc+thread`` the same read answered through ``trio.to_thread`` with a
+                 ``CapacityLimiter(1)``, the way the daemon reaches its cache.
+* ``contexts``   the previous IpcServer design, kept here for comparison:
+                 8 Rep0 contexts, each ``await ctx.arecv()`` / ``ctx.asend()``.
+
+Eight UI processes stay connected to the server being measured (each with a
+command socket and an event subscription, as a UI has). Two scenarios:
+
+* ``1 of 8 active``: one UI sends requests back to back, the other 7 idle.
+* ``8 of 8 active``: all eight send back to back at the same time.
+
+Two clients per UI: ``raw`` (a blocking ``Req0`` sending pre-encoded bytes:
+transport and server only) and ``client`` (skiffyd's blocking
+:class:`~skiffyd.ipc.client.DaemonClient`: encode, send, receive, decode,
+check; what a UI pays). Kinds and scenarios alternate round by round, so
+drift on the machine hits all of them alike; the percentiles pool every
+round. Prints a table and, with ``--json PATH``, writes the raw summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tests.bench.ipc_common import (
+    Child,
+    bench_paths,
+    cpu_seconds,
+    machine,
+    quiet_logs,
+    summary_us,
+    temp_base,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import ipc_schema
+
+UIS = 8
+GOAL_P50_US = 400
+ROOM = "!bench:example.org"
+
+
+# ------------------------------------------------------------------ servers
+
+
+def _cached_messages() -> ipc_schema.MessagesResult:
+    import ipc_schema as s
+
+    return s.MessagesResult(
+        messages=[
+            s.MessageInfo(
+                event_id=f"$event{i}:example.org",
+                room_id=ROOM,
+                sender="@alice:example.org",
+                body=f"message number {i}, a short line of chat",
+                ts=1_700_000_000_000 + i,
+                status="sent",
+            )
+            for i in range(5)
+        ]
+    )
+
+
+def serve_echo(conn: Any, base: Path) -> None:
+    import pynng
+
+    paths = bench_paths(base)
+    paths.ensure_private_dir(paths.runtime_dir)
+    with pynng.Rep0(listen=f"ipc://{paths.command_socket}") as rep:
+        # UIs also subscribe; SIGTERM's default action ends this process.
+        pub = pynng.Pub0(listen=f"ipc://{paths.event_socket}")
+        conn.send("ready")
+        while pub is not None:
+            rep.send(rep.recv())
+
+
+def serve_ipc(conn: Any, base: Path, variant: str) -> None:
+    import trio
+
+    import ipc_schema as s
+    from skiffyd.ipc.server import IpcServer
+
+    quiet_logs()
+    paths = bench_paths(base)
+    cached = _cached_messages()
+    limiter: trio.CapacityLimiter | None = None
+
+    def lookup(req: s.Messages) -> s.Result:
+        assert req.room_id == ROOM
+        return cached
+
+    async def handle(req: s.Request) -> s.Result:
+        if isinstance(req, s.Messages):
+            if variant == "ipc+thread":
+                assert limiter is not None
+                return await trio.to_thread.run_sync(lookup, req, limiter=limiter)
+            return lookup(req)
+        if isinstance(req, s.Hello):
+            return s.HelloResult(protocol_version=s.PROTOCOL_VERSION, instance_id="b", last_seq=0)
+        return s.StatusResult(state="ready")
+
+    server_cls: type[IpcServer] = IpcServer
+    if variant == "contexts":
+        from tests.bench.ipc_legacy import ContextsIpcServer
+
+        server_cls = ContextsIpcServer
+
+    async def main() -> None:
+        nonlocal limiter
+        limiter = trio.CapacityLimiter(1)
+        server = server_cls(paths, handle, instance_id="bench")
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.run)
+                conn.send("ready")
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+
+    trio.run(main)
+
+
+SERVERS: dict[str, Callable[..., None]] = {
+    "echo": serve_echo,
+    "ipc": serve_ipc,
+    "ipc+thread": serve_ipc,
+    "contexts": serve_ipc,
+}
+
+
+# ---------------------------------------------------------------------- UIs
+
+
+def _raw_call(sock: Any, frame: bytes) -> Callable[[], None]:
+    def once() -> None:
+        sock.send(frame)
+        sock.recv()
+
+    return once
+
+
+def _client_call(client: Any, request: Any) -> Callable[[], None]:
+    import ipc_schema as s
+
+    def once() -> None:
+        client.request_as(request, s.MessagesResult)
+
+    return once
+
+
+def ui(conn: Any) -> None:
+    """One UI process: connects where told, runs request loops when told."""
+    import pynng
+
+    import ipc_schema as s
+    from skiffyd.ipc import codec
+    from skiffyd.ipc.client import DaemonClient
+
+    request = s.Messages(room_id=ROOM, limit=5)
+    frame = codec.encode_request(request)
+    socks: list[Any] = []
+    client: DaemonClient | None = None
+    raw: Any = None
+    while True:
+        cmd = conn.recv()
+        if cmd[0] == "connect":
+            paths = bench_paths(Path(cmd[1]))
+            raw = pynng.Req0(recv_timeout=10_000, send_timeout=10_000)
+            raw.resend_time = -1
+            raw.dial(f"ipc://{paths.command_socket}", block=True)
+            sub = pynng.Sub0(recv_buffer_size=16)
+            sub.subscribe(b"")
+            sub.dial(f"ipc://{paths.event_socket}", block=True)
+            client = DaemonClient(paths, timeout=10)
+            client.connect()
+            socks = [raw, sub]
+            conn.send("connected")
+        elif cmd[0] == "disconnect":
+            if client is not None:
+                client.close()
+            for sock in socks:
+                sock.close()
+            socks, client, raw = [], None, None
+            conn.send("disconnected")
+        elif cmd[0] == "run":
+            _, mode, n, warmup, start_at = cmd
+            assert client is not None
+            assert raw is not None
+            once = _raw_call(raw, frame) if mode == "raw" else _client_call(client, request)
+            for _ in range(warmup):
+                once()
+            # All active UIs start together: sleep, then spin the last 2 ms.
+            time.sleep(max(0.0, start_at - time.monotonic() - 0.002))
+            while time.monotonic() < start_at:
+                pass
+            lat: list[int] = []
+            clock = time.perf_counter_ns
+            t0 = time.monotonic()
+            for _ in range(n):
+                a = clock()
+                once()
+                lat.append(clock() - a)
+            t1 = time.monotonic()
+            conn.send((lat, t0, t1))
+        elif cmd[0] == "quit":
+            return
+
+
+# -------------------------------------------------------------------- main
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    kinds = args.kinds
+    host = machine()  # before this benchmark's own processes add to the load
+    results: dict[str, dict[str, Any]] = {}
+    with temp_base() as base:
+        dirs = {kind: base / f"s{i}" for i, kind in enumerate(kinds)}
+        servers: list[Child] = []
+        uis: list[Child] = []
+        try:
+            for kind in kinds:
+                target = SERVERS[kind]
+                extra = () if kind == "echo" else (kind,)
+                dirs[kind].mkdir()
+                servers.append(Child(target, dirs[kind], *extra))
+            uis = [Child(ui) for _ in range(UIS)]
+            for child in servers:
+                assert child.recv() == "ready"
+
+            pooled: dict[tuple[str, str, str], list[int]] = {}
+            rates: dict[tuple[str, str, str], list[float]] = {}
+            cpu: dict[tuple[str, str, str], list[float]] = {}
+            pids = {kind: child.pid for kind, child in zip(kinds, servers, strict=True)}
+            scenarios = [("1 of 8 active", 1), ("8 of 8 active", UIS)]
+            modes = ["raw", "client"]
+            t_start = time.monotonic()
+            for _round in range(args.rounds):
+                for kind in kinds:
+                    for u in uis:
+                        u.send(("connect", str(dirs[kind])))
+                    for u in uis:
+                        assert u.recv() == "connected"
+                    time.sleep(0.05)
+                    for scenario, active in scenarios:
+                        for mode in modes:
+                            if kind == "echo" and mode == "client":
+                                continue  # the echo does not speak skiffyd's protocol
+                            n = args.requests // active
+                            start_at = time.monotonic() + 0.5
+                            for u in uis[:active]:
+                                u.send(("run", mode, n, args.warmup, start_at))
+                            time.sleep(0.4)  # warm-ups done; timed loops start at start_at
+                            cpu0 = cpu_seconds(pids[kind])
+                            outs = [u.recv() for u in uis[:active]]
+                            cpu1 = cpu_seconds(pids[kind])
+                            key = (kind, scenario, mode)
+                            cpu.setdefault(key, []).append((cpu1 - cpu0) / (n * active))
+                            pooled.setdefault(key, []).extend(x for o in outs for x in o[0])
+                            span = max(o[2] for o in outs) - min(o[1] for o in outs)
+                            rates.setdefault(key, []).append(n * active / span)
+                    for u in uis:
+                        u.send(("disconnect",))
+                    for u in uis:
+                        assert u.recv() == "disconnected"
+            elapsed = time.monotonic() - t_start
+        finally:
+            for u in uis:
+                with contextlib.suppress(BrokenPipeError, OSError):
+                    u.send(("quit",))
+                u.stop()
+            for child in servers:
+                child.stop()
+
+    for (kind, scenario, mode), lat in pooled.items():
+        stats = summary_us(lat)
+        key = (kind, scenario, mode)
+        stats["req_per_s"] = sum(rates[key]) / len(rates[key])
+        stats["server_cpu_us"] = 1e6 * sum(cpu[key]) / len(cpu[key])
+        results.setdefault(scenario, {})[f"{kind}/{mode}"] = stats
+    for by_kind in results.values():
+        anchor = by_kind["echo/raw"]
+        for stats in by_kind.values():
+            stats["p50_vs_echo"] = stats["p50"] / anchor["p50"]
+            stats["p99_vs_echo"] = stats["p99"] / anchor["p99"]
+    return {
+        "machine": host,
+        "requests": args.requests,
+        "rounds": args.rounds,
+        "uis": UIS,
+        "elapsed_s": elapsed,
+        "results": results,
+    }
+
+
+def print_table(report: dict[str, Any]) -> None:
+    m = report["machine"]
+    print(
+        f"# {m['cpus']} CPUs, {m['cpu']}; Python {m['python']}, nng {m['nng']}, "
+        f"load {m['loadavg_1m']:.1f} before, {os.getloadavg()[0]:.1f} after (ours included); "
+        f"pynng {m['pynng']}, trio {m['trio']}; {report['uis']} UIs connected, "
+        f"{report['rounds']} rounds, {report['elapsed_s']:.1f} s"
+    )
+    for scenario, by_kind in report["results"].items():
+        print(f"\n## {scenario}")
+        print(
+            f"{'server/client':<22} {'p50 µs':>8} {'p90 µs':>8} {'p99 µs':>8} "
+            f"{'req/s':>8} {'srv CPU µs':>10} {'p50 /echo':>10} {'p99 /echo':>10}"
+        )
+        for name, st in by_kind.items():
+            print(
+                f"{name:<22} {st['p50']:>8.0f} {st['p90']:>8.0f} {st['p99']:>8.0f} "
+                f"{st['req_per_s']:>8.0f} {st['server_cpu_us']:>10.0f} "
+                f"{st['p50_vs_echo']:>10.2f} {st['p99_vs_echo']:>10.2f}"
+            )
+
+
+def print_goal(report: dict[str, Any]) -> None:
+    one = report["results"]["1 of 8 active"]
+    for name in ("ipc/client", "ipc+thread/client"):
+        if name in one:
+            p50 = one[name]["p50"]
+            print(
+                f"goal: p50 < {GOAL_P50_US} µs for a small cached read with {UIS} UIs "
+                f"connected ({name}): {p50:.0f} µs, "
+                f"{'met' if p50 < GOAL_P50_US else 'NOT met'}"
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=3000, help="per scenario and round")
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--kinds",
+        nargs="+",
+        default=["echo", "ipc", "ipc+thread", "contexts"],
+        choices=sorted(SERVERS),
+    )
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    if "echo" not in args.kinds:
+        args.kinds.insert(0, "echo")
+    report = run(args)
+    print_table(report)
+    print_goal(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
