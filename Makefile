@@ -24,12 +24,18 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_PROGRESS_BAR := off
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: test demo setup system-packages lint typecheck pytest clean
+.PHONY: test demo bench setup system-packages lint typecheck pytest clean
 
 test: setup lint typecheck pytest
 
 demo: setup
 	$(VENV)/bin/python -m skiffyd.devenv.demo $(DEMO_ARGS)
+
+# Benchmarks (docs/benchmarks.md): a few minutes in all; never part of `test`.
+bench: setup
+	$(VENV)/bin/python -m tests.bench.bench_ingest $(BENCH_ARGS)
+	$(VENV)/bin/python -m tests.bench.bench_ipc_rtt
+	$(VENV)/bin/python -m tests.bench.bench_ipc_fanout
 
 setup: system-packages $(VENV)/.installed $(SYNAPSE_VENV)/.installed
 
