@@ -300,7 +300,10 @@ class _Work:
     #: Rooms that got rows (no SQL needed to find them again).
     added_rooms: set[str] = dataclasses.field(default_factory=set)
     #: Rows added with their display already derived (the sync fast path).
+    derived: set[int] = dataclasses.field(default_factory=set)
     infos: dict[int, MessageInfo] = dataclasses.field(default_factory=dict)
+    #: An initial sync: message rows are stored, not logged one by one.
+    quiet: bool = False
 
 
 class Cache:
@@ -448,9 +451,13 @@ class Cache:
         finally:
             gc.unfreeze()
 
+    def is_empty(self) -> bool:
+        """No room yet: the next sync is the cache's first."""
+        return self._scalar("SELECT 1 FROM rooms LIMIT 1") is None
+
     def _apply_sync(self, plan: SyncPlan) -> list[LoggedEvent]:
         with self._transaction() as events:
-            work = _Work(added=[], touched_targets=set(), rooms={})
+            work = _Work(added=[], touched_targets=set(), rooms={}, quiet=plan.initial)
             for room in plan.rooms:
                 self._apply_room_sync(events, work, room)
             if plan.direct is not None:
@@ -751,6 +758,12 @@ class Cache:
                 )
             )
             work.added.append(ord_)
+            work.derived.add(ord_)
+            if work.quiet:
+                if first_new is None:
+                    first_new = (pos, item.event_id)
+                pos += POS_STRIDE
+                continue
             work.infos[ord_] = _message_info(
                 event_id=item.event_id,
                 room_id=room_id,
@@ -1046,7 +1059,7 @@ class Cache:
         """
         added = set(work.added)
         for ord_ in work.added:
-            if ord_ not in work.infos:
+            if ord_ not in work.derived:
                 self._derive_message(ord_)
         updated: list[int] = []
         for target in sorted(work.touched_targets):
@@ -1067,6 +1080,8 @@ class Cache:
             self._write_room(current)
             if before is None or _room_info(current) != _room_info(before):
                 self._log(events, RoomUpdated(seq=0, room=_room_info(current)))
+        if work.quiet:
+            updated, work.added = [], []
         for ord_ in updated:
             self._log(events, MessageUpdated(seq=0, message=self._message_by_ord(ord_)), ord_=ord_)
         for ord_ in work.added:

@@ -95,6 +95,13 @@ class SyncPlan:
     next_batch: str
     rooms: list[RoomSync]
     direct: dict[str, list[str]] | None = None
+    #: The first sync of a new cache. Its messages are stored but not
+    #: published one by one: UIs learn of the rooms (room_updated) and read
+    #: a room's messages when they open it, as they must after a login anyway
+    #: (a new cache is a new change log, so they reload). Tens of thousands
+    #: of message events would otherwise be built, logged and sent for
+    #: nobody (docs/architecture.md, docs/benchmarks.md).
+    initial: bool = False
 
     @property
     def event_count(self) -> int:

@@ -134,6 +134,7 @@ class SyncService:
                 await trio.sleep(delay)
                 continue
             plan = plan_sync(response, self._own_user_id)
+            plan.initial = since is None and await self._db(self._cache.is_empty)
             next_batch = response.next_batch
             del response  # the plan keeps what it needs; a big sync is big
             try:

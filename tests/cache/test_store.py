@@ -242,3 +242,15 @@ def test_change_log_never_skips_or_repeats(
     replay = c.changes_since(0, 10_000)
     assert [e.seq for e in replay.events] == seen
     c.close()
+
+
+def test_an_initial_sync_stores_messages_without_logging_each(cache: Cache) -> None:
+    plan = _plan("s1", _msg("$1", "one"), _msg("$2", "two"))
+    plan.initial = True
+    events = cache.apply_sync(plan)
+    assert [type(e).__name__ for e in events] == ["RoomUpdated"]
+    assert [m.body for m in cache.messages(ROOM, 10)[0]] == ["one", "two"]
+    # After it, every message is logged and published again.
+    later = cache.apply_sync(_plan("s2", _msg("$3", "three")))
+    assert [type(e).__name__ for e in later] == ["MessageAdded"]
+    assert cache.changes_since(0, 100).events[-1].message.body == "three"  # type: ignore[union-attr]
