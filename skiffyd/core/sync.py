@@ -28,11 +28,27 @@ local echo instead of adding the message twice.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+import msgspec
 
 from skiffyd.core.timeline import TimelineItem, classify
+from skiffyd.core.wire import (
+    InvitedRoom,
+    JoinedRoom,
+    LeftRoom,
+    Rooms,
+    invited_room_decoder,
+    joined_room_decoder,
+    left_room_decoder,
+)
+from skiffyd.errors import BadResponseError
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from skiffyd.core.wire import BasicEvent, ClientEvent, StrippedStateEvent, SyncResponse
 
 #: Room row fields a sync may set.
@@ -93,7 +109,8 @@ RoomPatch = RoomSync
 @dataclass(slots=True)
 class SyncPlan:
     next_batch: str
-    rooms: list[RoomSync]
+    #: A list, or :class:`RoomPlans`: rooms planned lazily, one at a time.
+    rooms: list[RoomSync] | RoomPlans
     direct: dict[str, list[str]] | None = None
     #: The first sync of a new cache. Its messages are stored but not
     #: published one by one: UIs learn of the rooms (room_updated) and read
@@ -105,7 +122,16 @@ class SyncPlan:
 
     @property
     def event_count(self) -> int:
+        """Events planned so far (all of them, once the rooms were iterated)."""
+        if isinstance(self.rooms, RoomPlans):
+            return self.rooms.event_count
         return sum(len(r.items) + len(r.members) for r in self.rooms)
+
+    def typing(self) -> list[tuple[str, list[str]]]:
+        """(room id, who types) for the rooms that said so (after iterating)."""
+        if isinstance(self.rooms, RoomPlans):
+            return list(self.rooms.typing)
+        return [(r.room_id, r.typing) for r in self.rooms if r.typing is not None]
 
 
 def _str(value: Any) -> str | None:
@@ -203,52 +229,120 @@ def _timeline(room: RoomSync, events: list[ClientEvent], own_user_id: str) -> No
             room.items.append(item)
 
 
+def _plan_joined(room_id: str, joined: JoinedRoom, own_user_id: str) -> RoomSync:
+    room = RoomSync(room_id, {"membership": "join"})
+    for ev in joined.state.events:
+        _apply_state(room, ev, own_user_id)
+    _timeline(room, joined.timeline.events, own_user_id)
+    room.limited = joined.timeline.limited
+    room.prev_batch = joined.timeline.prev_batch
+    summary = joined.summary
+    if summary.heroes is not None:
+        room.changes["heroes"] = list(summary.heroes)
+    if summary.joined_member_count is not None:
+        room.changes["joined_count"] = summary.joined_member_count
+    if summary.invited_member_count is not None:
+        room.changes["invited_count"] = summary.invited_member_count
+    counts = joined.unread_notifications
+    if counts.notification_count is not None:
+        room.changes["notification_count"] = counts.notification_count
+    if counts.highlight_count is not None:
+        room.changes["highlight_count"] = counts.highlight_count
+    _apply_account_data(room, joined.account_data.events)
+    _apply_ephemeral(room, joined.ephemeral.events)
+    # Our own join arrives in the timeline or state; a room we are in is joined.
+    room.changes["membership"] = "join"
+    return room
+
+
+def _plan_invited(room_id: str, invited: InvitedRoom, own_user_id: str) -> RoomSync:
+    room = RoomSync(room_id)
+    for sev in invited.invite_state.events:
+        _apply_state(room, sev, own_user_id)
+    room.changes["membership"] = "invite"
+    return room
+
+
+def _plan_left(room_id: str, left: LeftRoom, own_user_id: str) -> RoomSync:
+    room = RoomSync(room_id)
+    for ev in left.state.events:
+        _apply_state(room, ev, own_user_id)
+    _timeline(room, left.timeline.events, own_user_id)
+    room.limited = left.timeline.limited
+    room.prev_batch = left.timeline.prev_batch
+    _apply_account_data(room, left.account_data.events)
+    room.changes["membership"] = "leave"
+    return room
+
+
+class RoomPlans:
+    """The rooms of one response, decoded and planned one at a time as iterated.
+
+    Iterating decodes each room's raw JSON, plans it and hands it over; the
+    caller stores it and lets it go. A room that does not validate raises
+    :class:`~skiffyd.errors.BadResponseError` naming the room and the path.
+    ``typing`` and ``event_count`` fill in as rooms go by. Indexing or
+    ``len`` work too (the whole list is then built once).
+    """
+
+    def __init__(self, rooms: Rooms, own_user_id: str) -> None:
+        self._rooms = rooms
+        self._own = own_user_id
+        self._built: list[RoomSync] | None = None
+        self.typing: list[tuple[str, list[str]]] = []
+        self.event_count = 0
+
+    def _decode(self, decoder: msgspec.json.Decoder[T], room_id: str, raw: msgspec.Raw) -> T:
+        try:
+            return decoder.decode(raw)
+        except msgspec.ValidationError as exc:
+            raise BadResponseError(
+                f"the homeserver's sync answer is invalid in a room: {exc}"
+            ) from exc
+        except msgspec.DecodeError as exc:
+            raise BadResponseError(
+                "the homeserver's sync answer holds a room that is not JSON"
+            ) from exc
+
+    def _generate(self) -> Iterator[RoomSync]:
+        own = self._own
+        for room_id, raw in self._rooms.join.items():
+            yield _plan_joined(room_id, self._decode(joined_room_decoder, room_id, raw), own)
+        for room_id, raw in self._rooms.invite.items():
+            yield _plan_invited(room_id, self._decode(invited_room_decoder, room_id, raw), own)
+        for room_id, raw in self._rooms.leave.items():
+            yield _plan_left(room_id, self._decode(left_room_decoder, room_id, raw), own)
+
+    def __iter__(self) -> Iterator[RoomSync]:
+        if self._built is not None:
+            yield from self._built
+            return
+        self.typing = []
+        self.event_count = 0
+        for room in self._generate():
+            self.event_count += len(room.items) + len(room.members)
+            if room.typing is not None:
+                self.typing.append((room.room_id, room.typing))
+            yield room
+
+    def _all(self) -> list[RoomSync]:
+        if self._built is None:
+            self._built = list(self)
+        return self._built
+
+    def __len__(self) -> int:
+        r = self._rooms
+        return len(r.join) + len(r.invite) + len(r.leave)
+
+    @overload
+    def __getitem__(self, index: int) -> RoomSync: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[RoomSync]: ...
+    def __getitem__(self, index: int | slice) -> RoomSync | list[RoomSync]:
+        return self._all()[index]
+
+
 def plan_sync(response: SyncResponse, own_user_id: str) -> SyncPlan:
-    rooms: list[RoomSync] = []
-
-    for room_id, joined in response.rooms.join.items():
-        room = RoomSync(room_id, {"membership": "join"})
-        for ev in joined.state.events:
-            _apply_state(room, ev, own_user_id)
-        _timeline(room, joined.timeline.events, own_user_id)
-        room.limited = joined.timeline.limited
-        room.prev_batch = joined.timeline.prev_batch
-        summary = joined.summary
-        if summary.heroes is not None:
-            room.changes["heroes"] = list(summary.heroes)
-        if summary.joined_member_count is not None:
-            room.changes["joined_count"] = summary.joined_member_count
-        if summary.invited_member_count is not None:
-            room.changes["invited_count"] = summary.invited_member_count
-        counts = joined.unread_notifications
-        if counts.notification_count is not None:
-            room.changes["notification_count"] = counts.notification_count
-        if counts.highlight_count is not None:
-            room.changes["highlight_count"] = counts.highlight_count
-        _apply_account_data(room, joined.account_data.events)
-        _apply_ephemeral(room, joined.ephemeral.events)
-        # Our own join arrives in the timeline or state; a room we are in is joined.
-        room.changes["membership"] = "join"
-        rooms.append(room)
-
-    for room_id, invited in response.rooms.invite.items():
-        room = RoomSync(room_id)
-        for sev in invited.invite_state.events:
-            _apply_state(room, sev, own_user_id)
-        room.changes["membership"] = "invite"
-        rooms.append(room)
-
-    for room_id, left in response.rooms.leave.items():
-        room = RoomSync(room_id)
-        for ev in left.state.events:
-            _apply_state(room, ev, own_user_id)
-        _timeline(room, left.timeline.events, own_user_id)
-        room.limited = left.timeline.limited
-        room.prev_batch = left.timeline.prev_batch
-        _apply_account_data(room, left.account_data.events)
-        room.changes["membership"] = "leave"
-        rooms.append(room)
-
     direct: dict[str, list[str]] | None = None
     for account_ev in response.account_data.events:
         if account_ev.type == "m.direct":
@@ -257,7 +351,9 @@ def plan_sync(response: SyncResponse, own_user_id: str) -> SyncPlan:
                 for user, room_ids in account_ev.content.items()
                 if isinstance(room_ids, list)
             }
-    return SyncPlan(next_batch=response.next_batch, rooms=rooms, direct=direct)
+    return SyncPlan(
+        next_batch=response.next_batch, rooms=RoomPlans(response.rooms, own_user_id), direct=direct
+    )
 
 
 def _localpart(user_id: str) -> str:

@@ -104,9 +104,16 @@ class LeftRoom(msgspec.Struct, kw_only=True, gc=False):
 
 
 class Rooms(msgspec.Struct, kw_only=True, gc=False):
-    join: dict[str, JoinedRoom] = msgspec.field(default_factory=dict)
-    invite: dict[str, InvitedRoom] = msgspec.field(default_factory=dict)
-    leave: dict[str, LeftRoom] = msgspec.field(default_factory=dict)
+    """Each room stays raw JSON until it is planned (:mod:`skiffyd.core.sync`).
+
+    A large initial sync is then never decoded whole: one room at a time is
+    turned into Structs, planned, stored and dropped, so memory holds the
+    body plus one room, not the body plus every room's objects.
+    """
+
+    join: dict[str, msgspec.Raw] = msgspec.field(default_factory=dict)
+    invite: dict[str, msgspec.Raw] = msgspec.field(default_factory=dict)
+    leave: dict[str, msgspec.Raw] = msgspec.field(default_factory=dict)
 
 
 class SyncResponse(msgspec.Struct, kw_only=True, gc=False):
@@ -156,3 +163,6 @@ error_decoder = msgspec.json.Decoder(MatrixErrorBody)
 send_decoder = msgspec.json.Decoder(SendResponse)
 join_decoder = msgspec.json.Decoder(JoinResponse)
 messages_decoder = msgspec.json.Decoder(MessagesResponse)
+joined_room_decoder = msgspec.json.Decoder(JoinedRoom)
+invited_room_decoder = msgspec.json.Decoder(InvitedRoom)
+left_room_decoder = msgspec.json.Decoder(LeftRoom)

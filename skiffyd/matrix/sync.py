@@ -24,7 +24,13 @@ from ipc_schema import Event, SessionState, Typing
 from skiffyd.core.backoff import Backoff
 from skiffyd.core.sync import SyncPlan, plan_sync
 from skiffyd.core.wire import SyncResponse, sync_decoder
-from skiffyd.errors import CacheError, MatrixError, RequestFailedError, SessionExpiredError
+from skiffyd.errors import (
+    BadResponseError,
+    CacheError,
+    MatrixError,
+    RequestFailedError,
+    SessionExpiredError,
+)
 from skiffyd.matrix.transport import Transport, decode
 
 if TYPE_CHECKING:
@@ -91,9 +97,8 @@ class SyncService:
         self._publish(events)
         # Typing is ephemeral: published, never stored.
         typing = [
-            Typing(seq=self._cache.last_seq, room_id=room.room_id, user_ids=room.typing)
-            for room in plan.rooms
-            if room.typing is not None
+            Typing(seq=self._cache.last_seq, room_id=room_id, user_ids=user_ids)
+            for room_id, user_ids in plan.typing()
         ]
         if typing:
             self._publish(typing)
@@ -139,6 +144,15 @@ class SyncService:
             del response  # the plan keeps what it needs; a big sync is big
             try:
                 await self.apply(plan)
+            except BadResponseError as exc:
+                # A room that does not validate (rooms are decoded as they are
+                # stored): nothing was stored, the token did not move.
+                delay = backoff.next_delay(rng.random())
+                log.info("sync.failed", code=exc.code, retry_in_s=round(delay, 2))
+                self._set_state("offline", exc.code)
+                caught_up = False
+                await trio.sleep(delay)
+                continue
             except CacheError as exc:
                 # Nothing was stored (one transaction) and the token did not
                 # move: retry later rather than take the daemon down.

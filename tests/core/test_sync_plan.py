@@ -7,6 +7,7 @@ import pytest
 
 from skiffyd.core.sync import plan_sync, room_display_name
 from skiffyd.core.wire import sync_decoder
+from skiffyd.errors import BadResponseError
 
 ME = "@me:example.org"
 
@@ -147,8 +148,23 @@ def test_malformed_messages_are_skipped_not_fatal() -> None:
 
 
 def test_wrong_type_for_a_used_field_names_the_path() -> None:
-    with pytest.raises(msgspec.ValidationError, match=r"\$\.rooms\.join"):
-        sync_decoder.decode(_sync({"join": {"!r:x": {"timeline": {"events": "nope"}}}}))
+    # Rooms are decoded as they are planned: the error names the path in the room.
+    plan = plan_sync(
+        sync_decoder.decode(_sync({"join": {"!r:x": {"timeline": {"events": "nope"}}}})), ME
+    )
+    with pytest.raises(BadResponseError, match=r"\$\.timeline\.events"):
+        list(plan.rooms)
+    with pytest.raises(msgspec.ValidationError, match=r"\$\.next_batch"):
+        sync_decoder.decode(b'{"next_batch": 5}')
+
+
+def test_rooms_are_planned_lazily_and_count_as_they_go() -> None:
+    body = _sync({"join": {"!a:x": {"timeline": {"events": [_msg("$1", "a")]}}, "!b:x": {}}})
+    plan = plan_sync(sync_decoder.decode(body), ME)
+    assert len(plan.rooms) == 2
+    assert plan.event_count == 0  # nothing decoded yet
+    assert [r.room_id for r in plan.rooms] == ["!a:x", "!b:x"]
+    assert plan.event_count == 1
 
 
 @pytest.mark.parametrize(
