@@ -833,33 +833,6 @@ class Cache:
                 ),
             )
 
-    def _upsert_member(self, events: list[LoggedEvent], room_id: str, m: MemberChange) -> None:
-        before = self._one(
-            "SELECT membership, display_name, avatar_url FROM members "
-            "WHERE room_id = ? AND user_id = ?",
-            (room_id, m.user_id),
-        )
-        if before == (m.membership, m.display_name, m.avatar_url):
-            return
-        self._conn.execute(
-            "INSERT OR REPLACE INTO members(room_id, user_id, membership, display_name, avatar_url) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (room_id, m.user_id, m.membership, m.display_name, m.avatar_url),
-        )
-        self._log(
-            events,
-            MemberUpdated(
-                seq=0,
-                member=MemberInfo(
-                    room_id=room_id,
-                    user_id=m.user_id,
-                    membership=m.membership,
-                    display_name=m.display_name,
-                    avatar_url=m.avatar_url,
-                ),
-            ),
-        )
-
     def _apply_receipt(self, work: _Work, room_id: str, r: Receipt) -> None:
         if r.thread_id not in (None, "main"):
             return  # thread receipts do not move the room's read position

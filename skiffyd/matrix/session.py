@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import msgspec
@@ -25,11 +25,9 @@ log = structlog.get_logger(__name__)
 DEVICE_DISPLAY_NAME = "skiffyd"
 
 
-async def password_login(transport: Transport, user: str, password: str) -> LoginResponse:
+async def _login(transport: Transport, credentials: dict[str, Any], what: str) -> LoginResponse:
     body = {
-        "type": "m.login.password",
-        "identifier": {"type": "m.id.user", "user": user},
-        "password": password,
+        **credentials,
         "initial_device_display_name": DEVICE_DISPLAY_NAME,
         # Long-lived sessions renew short-lived access tokens (see TokenManager).
         "refresh_token": True,
@@ -41,11 +39,23 @@ async def password_login(transport: Transport, user: str, password: str) -> Logi
     except RequestFailedError as exc:
         if exc.status in (400, 401, 403):
             raise LoginFailedError(
-                f"the homeserver refused the login: {exc.errcode or exc.status}",
+                f"the homeserver refused the {what}: {exc.errcode or exc.status}",
                 details={"errcode": exc.errcode},
             ) from exc
         raise
     return decode(login_decoder, data, "login")
+
+
+async def password_login(transport: Transport, user: str, password: str) -> LoginResponse:
+    return await _login(
+        transport,
+        {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": user},
+            "password": password,
+        },
+        "login",
+    )
 
 
 class _Versions(msgspec.Struct, kw_only=True):
@@ -78,24 +88,7 @@ async def login_flows(transport: Transport) -> set[str]:
 
 async def token_login(transport: Transport, token: str) -> LoginResponse:
     """``m.login.token``: the last step of single sign-on."""
-    body = {
-        "type": "m.login.token",
-        "token": token,
-        "initial_device_display_name": DEVICE_DISPLAY_NAME,
-        "refresh_token": True,
-    }
-    try:
-        data = await transport.request(
-            "POST", "/_matrix/client/v3/login", json=body, authenticated=False
-        )
-    except RequestFailedError as exc:
-        if exc.status in (400, 401, 403):
-            raise LoginFailedError(
-                f"the homeserver refused the login token: {exc.errcode or exc.status}",
-                details={"errcode": exc.errcode},
-            ) from exc
-        raise
-    return decode(login_decoder, data, "login")
+    return await _login(transport, {"type": "m.login.token", "token": token}, "login token")
 
 
 async def logout(transport: Transport) -> None:

@@ -144,18 +144,11 @@ class SyncService:
             del response  # the plan keeps what it needs; a big sync is big
             try:
                 await self.apply(plan)
-            except BadResponseError as exc:
+            except (BadResponseError, CacheError) as exc:
                 # A room that does not validate (rooms are decoded as they are
-                # stored): nothing was stored, the token did not move.
-                delay = backoff.next_delay(rng.random())
-                log.info("sync.failed", code=exc.code, retry_in_s=round(delay, 2))
-                self._set_state("offline", exc.code)
-                caught_up = False
-                await trio.sleep(delay)
-                continue
-            except CacheError as exc:
-                # Nothing was stored (one transaction) and the token did not
-                # move: retry later rather than take the daemon down.
+                # stored), or a failed write: nothing was stored (one
+                # transaction) and the token did not move. Retry later rather
+                # than take the daemon down.
                 delay = backoff.next_delay(rng.random())
                 log.error("sync.apply_failed", code=exc.code, retry_in_s=round(delay, 2))
                 self._set_state("offline", exc.code)
