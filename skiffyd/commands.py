@@ -129,6 +129,16 @@ async def _enqueue(
     return wire.SendResult(txn_id=txn_id)
 
 
+async def _take_back(d: Daemon, s: AccountSession, txn_id: str | None) -> bool:
+    """Cancel an outbox item that was never sent; False if it is gone or in flight."""
+    if txn_id is None or s.outbox is None or txn_id in s.outbox.in_flight:
+        return False
+    if await d.db(s.cache.outbox_item, txn_id) is None:
+        return False
+    d.publish(await d.db(s.cache.cancel, txn_id))
+    return True
+
+
 async def send(d: Daemon, req: wire.Send) -> wire.SendResult:
     s = d.require_session()
     await _check_room(d, s, req.room_id)
@@ -199,12 +209,9 @@ async def redact(d: Daemon, req: wire.Redact) -> wire.SendResult:
     await _check_room(d, s, req.room_id, sending=False)
     target = _check_ref(req.target, "target")
     await _check_target(d, s, target, own=False)
-    if not is_event_id(target):
-        item = await d.db(s.cache.outbox_item, target)
-        if item is not None and s.outbox is not None and target not in s.outbox.in_flight:
-            # Never sent: deleting it is taking it back.
-            d.publish(await d.db(s.cache.cancel, target))
-            return wire.SendResult(txn_id=target)
+    if not is_event_id(target) and await _take_back(d, s, target):
+        # Never sent: deleting it is taking it back.
+        return wire.SendResult(txn_id=target)
     content: dict[str, Any] = {"reason": req.reason} if req.reason else {}
     _check_size(content)
     return await _enqueue(
@@ -240,9 +247,8 @@ async def unreact(d: Daemon, req: wire.Unreact) -> wire.SendResult:
     await _check_room(d, s, req.room_id, sending=False)
     target = _check_ref(req.target, "target")
     queued = await d.db(s.cache.queued_reaction, req.room_id, target, req.key)
-    if queued is not None and s.outbox is not None and queued not in s.outbox.in_flight:
+    if queued is not None and await _take_back(d, s, queued):
         # Never sent: take it back instead of sending it and a redaction.
-        d.publish(await d.db(s.cache.cancel, queued))
         return wire.SendResult(txn_id=queued)
     reaction = await d.db(s.cache.own_reaction, target, req.key) if is_event_id(target) else None
     reaction = reaction or queued

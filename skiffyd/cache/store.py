@@ -113,8 +113,11 @@ def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _message_from_row(row: tuple[Any, ...]) -> MessageInfo:
-    display = _unpack_dict(row[10])
+def _message_from_row(row: tuple[Any, ...], display: dict[str, Any] | None = None) -> MessageInfo:
+    """A row of ``_MESSAGE_COLUMNS`` as a MessageInfo; ``display``, when the
+    caller already holds it, is shared instead of decoded from the row."""
+    if display is None:
+        display = _unpack_dict(row[10])
     fmt = _str_or_none(display.get("format"))
     return MessageInfo(
         event_id=row[0],
@@ -212,31 +215,44 @@ def _message_info(
     ``display`` is the content shown (shared, not copied: an initial sync
     holds tens of thousands of these at once).
     """
-    body, msgtype, _display_b, edited, reactions, mine, thread_count, thread_latest = derived
-    fmt = _str_or_none(display.get("format"))
-    return MessageInfo(
-        event_id=event_id,
-        room_id=room_id,
-        sender=sender,
-        body=body,
-        ts=ts,
-        status=status,  # type: ignore[arg-type]
-        txn_id=txn_id,
-        msgtype=msgtype,
-        type=type_,
-        state_key=state_key,
-        format=fmt,
-        formatted_body=_str_or_none(display.get("formatted_body")) if fmt else None,
-        edited=bool(edited),
-        redacted=redacted,
-        reactions=json.loads(reactions) if reactions else {},
-        my_reactions=json.loads(mine) if mine else [],
-        reply_to=reply_to,
-        thread_root=thread_root,
-        thread_count=thread_count,
-        thread_latest=thread_latest,
-        content=display,
-        encrypted=type_ == "m.room.encrypted",
+    body, msgtype, display_b, edited, reactions, mine, thread_count, thread_latest = derived
+    row = (
+        event_id,
+        room_id,
+        sender,
+        body,
+        ts,
+        status,
+        txn_id,
+        msgtype,
+        type_,
+        state_key,
+        display_b,
+        edited,
+        redacted,
+        reactions,
+        mine,
+        reply_to,
+        thread_root,
+        thread_count,
+        thread_latest,
+    )
+    return _message_from_row(row, display)
+
+
+#: The columns :func:`_relation_from_row` reads, in order.
+_RELATION_COLUMNS = "event_id, target, rel_type, sender, ts, key, new_content"
+
+
+def _relation_from_row(r: tuple[Any, ...]) -> Relation:
+    return Relation(
+        event_id=r[0],
+        target=r[1],
+        rel_type=r[2],
+        sender=r[3],
+        ts=r[4],
+        key=r[5],
+        new_content=_unpack_dict(r[6]) if r[6] is not None else None,
     )
 
 
@@ -690,21 +706,11 @@ class Cache:
         new_ids = [i.event_id for i in new]
         relations: dict[str, list[Relation]] = {}
         for r in self._in(
-            "SELECT event_id, target, rel_type, sender, ts, key, new_content FROM relations "
+            f"SELECT {_RELATION_COLUMNS} FROM relations "
             "WHERE redacted = 0 AND target IN ({marks})",
             new_ids,
         ):
-            relations.setdefault(r[1], []).append(
-                Relation(
-                    event_id=r[0],
-                    target=r[1],
-                    rel_type=r[2],
-                    sender=r[3],
-                    ts=r[4],
-                    key=r[5],
-                    new_content=_unpack_dict(r[6]) if r[6] is not None else None,
-                )
-            )
+            relations.setdefault(r[1], []).append(_relation_from_row(r))
         people = sorted(
             {i.sender for i in new if i.type not in MESSAGE_ROWS}
             | {i.state_key for i in new if i.type not in MESSAGE_ROWS and i.state_key}
@@ -979,24 +985,17 @@ class Cache:
         )
         assert row is not None, "a message row vanished inside its own transaction"
         (event_id, type_, sender, state_key, content_b, prev_b, redacted) = row[:7]
-        relations: list[Relation] = []
-        if event_id is not None:
-            for r in self._all(
-                "SELECT event_id, rel_type, sender, ts, key, new_content FROM relations "
-                "WHERE target = ? AND redacted = 0",
-                (event_id,),
-            ):
-                relations.append(
-                    Relation(
-                        event_id=r[0],
-                        target=event_id,
-                        rel_type=r[1],
-                        sender=r[2],
-                        ts=r[3],
-                        key=r[4],
-                        new_content=_unpack_dict(r[5]) if r[5] is not None else None,
-                    )
+        relations = (
+            [
+                _relation_from_row(r)
+                for r in self._all(
+                    f"SELECT {_RELATION_COLUMNS} FROM relations WHERE target = ? AND redacted = 0",
+                    (event_id,),
                 )
+            ]
+            if event_id is not None
+            else []
+        )
         names: dict[str, str] = {}
         if type_ not in MESSAGE_ROWS:
             for user_id, name in self._all(
