@@ -147,6 +147,9 @@ class MessageInfo(msgspec.Struct, kw_only=True):
     #: The content a UI renders (the latest edit's, or stripped if redacted):
     #: url and info for media, geo_uri for locations, and so on.
     content: dict[str, Any] = msgspec.field(default_factory=dict)
+    #: Arrived end-to-end encrypted. ``type`` is the plaintext's type once
+    #: decrypted; "m.room.encrypted" while its key is missing (body
+    #: "** unable to decrypt **"), until a message_updated brings the text.
     encrypted: bool = False
 
 
@@ -540,11 +543,14 @@ class MemberUpdated(msgspec.Struct, tag_field="type", tag="member_updated", kw_o
 
 
 class MessageRemoved(msgspec.Struct, tag_field="type", tag="message_removed", kw_only=True):
-    """A pending message was cancelled: its local echo is gone."""
+    """A row is gone: a cancelled pending message (``txn_id``), or an
+    "unable to decrypt" row that turned out, once decrypted, to be an edit or
+    a reaction (``event_id``; the row it changes gets a message_updated)."""
 
     seq: int
     room_id: str
-    txn_id: str
+    txn_id: str | None = None
+    event_id: str | None = None
 
 
 class OutboxUpdated(msgspec.Struct, tag_field="type", tag="outbox_updated", kw_only=True):

@@ -65,20 +65,12 @@ def _check_body(body: str) -> None:
         raise OutboxError("the message is empty", code=wire.ErrorCode.OUTBOX_EMPTY_BODY)
 
 
-async def _check_room(d: Daemon, s: AccountSession, room_id: str, *, sending: bool = True) -> None:
+async def _check_room(d: Daemon, s: AccountSession, room_id: str) -> None:
     check_room_id(room_id)
     if not await d.db(s.cache.has_room, room_id):
         raise SkiffyError(
             "no such room in the cache (join it first)",
             code=wire.ErrorCode.CACHE_UNKNOWN_ROOM,
-            details={"room_id": room_id},
-        )
-    if sending and await d.db(s.cache.room_is_encrypted, room_id):
-        # Until end-to-end encryption lands, never send plaintext into an
-        # encrypted room.
-        raise OutboxError(
-            "this room is end-to-end encrypted, and skiffyd cannot encrypt yet",
-            code=wire.ErrorCode.OUTBOX_ROOM_ENCRYPTED,
             details={"room_id": room_id},
         )
 
@@ -206,7 +198,7 @@ async def edit(d: Daemon, req: wire.Edit) -> wire.SendResult:
 
 async def redact(d: Daemon, req: wire.Redact) -> wire.SendResult:
     s = d.require_session()
-    await _check_room(d, s, req.room_id, sending=False)
+    await _check_room(d, s, req.room_id)
     target = _check_ref(req.target, "target")
     await _check_target(d, s, target, own=False)
     if not is_event_id(target) and await _take_back(d, s, target):
@@ -244,7 +236,7 @@ async def react(d: Daemon, req: wire.React) -> wire.SendResult:
 
 async def unreact(d: Daemon, req: wire.Unreact) -> wire.SendResult:
     s = d.require_session()
-    await _check_room(d, s, req.room_id, sending=False)
+    await _check_room(d, s, req.room_id)
     target = _check_ref(req.target, "target")
     queued = await d.db(s.cache.queued_reaction, req.room_id, target, req.key)
     if queued is not None and await _take_back(d, s, queued):
@@ -265,7 +257,7 @@ async def unreact(d: Daemon, req: wire.Unreact) -> wire.SendResult:
 
 async def mark_read(d: Daemon, req: wire.MarkRead) -> wire.OkResult:
     s = d.require_session()
-    await _check_room(d, s, req.room_id, sending=False)
+    await _check_room(d, s, req.room_id)
     event_id = req.event_id or await d.db(s.cache.latest_event_id, req.room_id)
     if event_id is None:
         return wire.OkResult()  # nothing to read
@@ -283,7 +275,7 @@ async def mark_read(d: Daemon, req: wire.MarkRead) -> wire.OkResult:
 
 async def set_typing(d: Daemon, req: wire.SetTyping) -> wire.OkResult:
     s = d.require_session()
-    await _check_room(d, s, req.room_id, sending=False)
+    await _check_room(d, s, req.room_id)
     timeout = max(1_000, min(req.timeout_ms, 120_000))
     await matrix_rooms.typing(s.transport, req.room_id, s.creds.user_id, req.typing, timeout)
     return wire.OkResult()

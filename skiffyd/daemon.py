@@ -54,7 +54,7 @@ from skiffyd.errors import (
 from skiffyd.ipc.server import IpcServer
 from skiffyd.matrix import history, sso
 from skiffyd.matrix import session as matrix_session
-from skiffyd.matrix.crypto import Crypto
+from skiffyd.matrix.crypto import Crypto, CryptoService
 from skiffyd.matrix.outbox import OutboxService
 from skiffyd.matrix.session import TokenManager
 from skiffyd.matrix.sync import SyncService
@@ -120,7 +120,7 @@ class AccountSession:
         self.cancel_scope = trio.CancelScope()
         self.ending = False
         self.server_versions: list[str] = []
-        self.keys_uploaded = False
+        self.crypto_service: CryptoService | None = None
 
     @property
     def creds(self) -> Credentials:
@@ -304,8 +304,13 @@ class Daemon:
         # catch up by seq), new with a new cache (UIs are told to reload).
         self.instance_id = await self.db(lambda: cache.log_id)
         self.server.instance_id = self.instance_id
+        session.crypto_service = CryptoService(session.crypto, transport=transport, db=self.db)
         session.outbox = OutboxService(
-            transport=transport, cache=cache, db=self.db, publish=self.publish
+            transport=transport,
+            cache=cache,
+            db=self.db,
+            publish=self.publish,
+            crypto=session.crypto_service,
         )
         session.sync = SyncService(
             transport=transport,
@@ -315,6 +320,7 @@ class Daemon:
             set_state=self.set_state,
             on_synced=session.outbox.homeserver_reachable,
             own_user_id=creds.user_id,
+            crypto=session.crypto_service,
         )
         self.set_state("connecting")
         await self._nursery.start(self._run_session, session)
@@ -335,8 +341,9 @@ class Daemon:
                     await nursery.start(session.outbox.run)
                     await nursery.start(session.sync.run)
                     task_status.started()
-                    if session.crypto is not None:
-                        nursery.start_soon(self._upload_keys, session)
+                    if session.crypto_service is not None:
+                        await nursery.start(session.crypto_service.run)
+                        nursery.start_soon(self._decrypt_waiting, session)
                     nursery.start_soon(self._learn_server, session)
         except* SessionExpiredError as group:
             # Services run in a nursery: their errors arrive as a group.
@@ -381,16 +388,18 @@ class Daemon:
         )
         self.set_state("logged_out", exc.message + " (`skiffyd login`)")
 
-    async def _upload_keys(self, session: AccountSession) -> None:
-        assert session.crypto is not None
-        while session.crypto.should_upload_keys:
-            try:
-                await session.crypto.upload_keys(session.transport)
-                log.info("crypto.keys_uploaded")
-            except MatrixError as exc:
-                log.info("crypto.keys_upload_failed", code=exc.code)
-                await trio.sleep(30)
-        session.keys_uploaded = True
+    async def _decrypt_waiting(self, session: AccountSession) -> None:
+        """Rows whose key came while the daemon was down (or imported): read them."""
+        crypto = session.crypto
+        assert crypto is not None
+        waiting = await self.db(session.cache.undecrypted_sessions)
+        keys = [
+            (room_id, session_id)
+            for room_id, sender_key, session_id in waiting
+            if await self.db(crypto.has_session, room_id, sender_key, session_id)
+        ]
+        if keys:
+            self.publish(await self.db(session.cache.apply_decrypted, crypto, keys))
 
     async def _learn_server(self, session: AccountSession) -> None:
         """The server's spec versions, for status; retried until it answers."""
@@ -546,7 +555,7 @@ class Daemon:
             token_expires_at_ms=s.creds.expires_at_ms if s else None,
             token_refreshes=s.tokens.refreshes if s else 0,
             device_fingerprint=s.crypto.fingerprint if s and s.crypto else None,
-            keys_uploaded=bool(s and s.keys_uploaded),
+            keys_uploaded=bool(s and s.crypto_service and s.crypto_service.keys_uploaded),
         )
 
     def _refuse_if_logged_in(self) -> None:

@@ -68,6 +68,27 @@ def _level_filter(
     return event_dict
 
 
+class _LibraryHandler(logging.Handler):
+    """Libraries' stdlib logging (matrix-nio's crypto machine) as structured events.
+
+    Their text names users, rooms and devices in the clear, so only where it
+    came from and how bad it was is kept; the text is dropped.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logger = structlog.get_logger("library")
+        method = "error" if record.levelno >= logging.ERROR else "warning"
+        getattr(logger, method)("library.log", logger=record.name, line=record.lineno)
+
+
+def _route_library_logs() -> None:
+    nio_logger = logging.getLogger("nio")
+    if not any(isinstance(h, _LibraryHandler) for h in nio_logger.handlers):
+        nio_logger.addHandler(_LibraryHandler())
+    nio_logger.setLevel(logging.WARNING)
+    nio_logger.propagate = False
+
+
 def configure(level: str | None = None) -> None:
     global _threshold
     level_name = (level or os.environ.get("SKIFFY_LOG_LEVEL", "info")).upper()
@@ -91,3 +112,4 @@ def configure(level: str | None = None) -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+    _route_library_logs()

@@ -8,8 +8,9 @@ Integration fixtures (all real programs, see ``skiffyd.devenv``):
   session.
 * ``make_user()`` — registers a fresh account (unique localpart, random
   password) on ``synapse``.
-* ``make_peer(account=None)`` — a logged-in matrix-nio peer (a fresh account
-  unless one is given); closed after the test.
+* ``make_peer(account=None, encrypted=False)`` — a logged-in matrix-nio peer
+  (a fresh account unless one is given; with ``encrypted`` nio's own Olm
+  machine and crypto store); closed after the test.
 * ``make_instance(start=True)`` — a ``skiffyd run`` with its own XDG dirs
   under a short temp dir and the secret service's environment, started and
   answering ``skiffyd status --json`` (or not started, with ``start=False``);
@@ -115,16 +116,21 @@ def make_user(synapse: Synapse) -> Callable[..., Account]:
 def make_peer(synapse: Synapse) -> Iterator[Callable[..., Peer]]:
     peers: list[Peer] = []
 
-    def make(account: Account | None = None, hs: Synapse | None = None) -> Peer:
+    def make(
+        account: Account | None = None, hs: Synapse | None = None, *, encrypted: bool = False
+    ) -> Peer:
         server = hs or synapse
         acct = account or new_account(server, "peer")
-        peer = Peer.logged_in(server.base_url, acct.user_id, acct.password)
+        store = str(short_tmp("peer-")) if encrypted else None
+        peer = Peer.logged_in(server.base_url, acct.user_id, acct.password, store_dir=store)
         peers.append(peer)
         return peer
 
     yield make
     for peer in peers:
         peer.close()
+        if peer.store_dir is not None:
+            shutil.rmtree(peer.store_dir, ignore_errors=True)
 
 
 @pytest.fixture

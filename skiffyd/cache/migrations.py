@@ -131,4 +131,10 @@ MIGRATIONS: tuple[str, ...] = (
         CHECK ((payload IS NULL) != (msg_ord IS NULL))
     ) STRICT;
     """,
+    # 2: end-to-end encryption. Rows remember they arrived encrypted; rows
+    #    still waiting for their key are found by room.
+    """
+    ALTER TABLE messages ADD COLUMN encrypted INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX messages_undecrypted ON messages(room_id) WHERE type = 'm.room.encrypted';
+    """,
 )

@@ -59,6 +59,7 @@ from skiffyd.cache.migrations import MIGRATIONS
 from skiffyd.core.outbox import OutboxItem, fill_references, is_event_id
 from skiffyd.core.sync import (
     ROOM_FIELDS,
+    CryptoHook,
     MemberChange,
     Receipt,
     RoomSync,
@@ -70,8 +71,10 @@ from skiffyd.core.timeline import (
     Relation,
     TimelineItem,
     aggregate,
+    classify,
     summarize,
 )
+from skiffyd.core.wire import ClientEvent, UnsignedData
 from skiffyd.errors import CacheError, CacheWrongKeyError, OutboxError, UnknownRoomError
 
 if TYPE_CHECKING:
@@ -105,7 +108,7 @@ _ROOM_COLUMNS = (
 _MESSAGE_COLUMNS = (
     "event_id, room_id, sender, body, ts, status, txn_id, msgtype, type, state_key, "
     "COALESCE(display, content), edited, redacted, reactions, my_reactions, reply_to, thread_root, "
-    "thread_count, thread_latest"
+    "thread_count, thread_latest, encrypted"
 )
 
 
@@ -141,7 +144,7 @@ def _message_from_row(row: tuple[Any, ...], display: dict[str, Any] | None = Non
         thread_count=row[17],
         thread_latest=row[18],
         content=display,
-        encrypted=row[8] == "m.room.encrypted",
+        encrypted=bool(row[19]),
     )
 
 
@@ -209,6 +212,7 @@ def _message_info(
     thread_root: str | None,
     derived: Derived,
     display: dict[str, Any],
+    encrypted: bool = False,
 ) -> MessageInfo:
     """The MessageInfo of a row just derived, without reading it back.
 
@@ -236,6 +240,7 @@ def _message_info(
         thread_root,
         thread_count,
         thread_latest,
+        encrypted,
     )
     return _message_from_row(row, display)
 
@@ -760,6 +765,7 @@ class Cache:
                     int(is_redacted),
                     item.reply_to,
                     item.thread_root,
+                    int(item.encrypted),
                     *derived,
                 )
             )
@@ -784,15 +790,16 @@ class Cache:
                 thread_root=item.thread_root,
                 derived=derived,
                 display=item.content if derived[2] is None else _unpack_dict(derived[2]),
+                encrypted=item.encrypted,
             )
             if first_new is None:
                 first_new = (pos, item.event_id)
             pos += POS_STRIDE
         self._conn.executemany(
             "INSERT INTO messages(ord, room_id, pos, event_id, type, state_key, sender, ts, "
-            "status, content, prev_content, redacted, reply_to, thread_root, body, msgtype, "
-            "display, edited, reactions, my_reactions, thread_count, thread_latest) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'sent', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "status, content, prev_content, redacted, reply_to, thread_root, encrypted, body, "
+            "msgtype, display, edited, reactions, my_reactions, thread_count, thread_latest) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'sent', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
         work.added_rooms.add(room_id)
@@ -937,8 +944,8 @@ class Cache:
                 if event_id != item.event_id or status != "sent" or before != after:
                     self._conn.execute(
                         "UPDATE messages SET event_id = ?, status = 'sent', content = ?, "
-                        "reply_to = ?, thread_root = ?, ts = ? WHERE ord = ?",
-                        (item.event_id, *after, ord_),
+                        "reply_to = ?, thread_root = ?, ts = ?, encrypted = ? WHERE ord = ?",
+                        (item.event_id, *after, int(item.encrypted), ord_),
                     )
                     work.touched_targets.add(item.event_id)
                     work.changed.add(ord_)
@@ -947,9 +954,9 @@ class Cache:
             pos = self._next_pos(item.room_id)
         inserted = self._one(
             "INSERT INTO messages(room_id, pos, event_id, txn_id, type, state_key, sender, ts, "
-            "status, content, prev_content, redacted, reply_to, thread_root, body, msgtype, "
-            "display) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'sent', ?, ?, ?, ?, ?, '', NULL, x'80') "
-            "ON CONFLICT(event_id) DO NOTHING RETURNING ord",
+            "status, content, prev_content, redacted, reply_to, thread_root, encrypted, body, "
+            "msgtype, display) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'sent', ?, ?, ?, ?, ?, ?, '', "
+            "NULL, x'80') ON CONFLICT(event_id) DO NOTHING RETURNING ord",
             (
                 item.room_id,
                 pos,
@@ -964,6 +971,7 @@ class Cache:
                 int(redacted),
                 item.reply_to,
                 item.thread_root,
+                int(item.encrypted),
             ),
         )
         if inserted is None:
@@ -1134,6 +1142,103 @@ class Cache:
             added = len(work.added)
         return events, added, closed
 
+    # ------------------------------------------------------------ decryption
+
+    def undecrypted_sessions(self) -> list[tuple[str, str, str]]:
+        """(room, sender key, session) of every row still waiting for its key."""
+        found: set[tuple[str, str, str]] = set()
+        for room_id, content_b in self._all(
+            "SELECT room_id, content FROM messages INDEXED BY messages_undecrypted "
+            "WHERE type = 'm.room.encrypted' AND redacted = 0"
+        ):
+            content = _unpack_dict(content_b)
+            sender_key, session_id = content.get("sender_key"), content.get("session_id")
+            if isinstance(sender_key, str) and isinstance(session_id, str):
+                found.add((room_id, sender_key, session_id))
+        return sorted(found)
+
+    def apply_decrypted(
+        self, crypto: CryptoHook, keys: Iterable[tuple[str, str]]
+    ) -> list[LoggedEvent]:
+        """Read the rows whose key just arrived, in one transaction.
+
+        A row that decrypts to a message, or any row event, is updated in
+        place (a message_updated: "unable to decrypt" becomes the text). One
+        that decrypts to an edit or a reaction was never a row: it is
+        removed (message_removed) and changes the row it points at instead.
+        """
+        wanted: dict[str, set[str]] = {}
+        for room_id, session_id in keys:  # (room, Megolm session)
+            wanted.setdefault(room_id, set()).add(session_id)
+        with self._transaction() as events:
+            work = _Work(added=[], touched_targets=set(), rooms={})
+            for room_id in sorted(wanted):
+                for ord_, event_id, sender, ts, content_b, txn_id in self._all(
+                    "SELECT ord, event_id, sender, ts, content, txn_id FROM messages "
+                    "INDEXED BY messages_undecrypted "
+                    "WHERE room_id = ? AND type = 'm.room.encrypted' AND redacted = 0 "
+                    "ORDER BY pos",
+                    (room_id,),
+                ):
+                    content = _unpack_dict(content_b)
+                    if content.get("session_id") not in wanted[room_id] or event_id is None:
+                        continue
+                    ev = ClientEvent(
+                        type="m.room.encrypted",
+                        content=content,
+                        sender=sender,
+                        event_id=event_id,
+                        origin_server_ts=ts,
+                        unsigned=UnsignedData(transaction_id=txn_id) if txn_id else None,
+                    )
+                    item = classify(room_id, ev, crypto.decrypt)
+                    if item is None or item.type == "m.room.encrypted":
+                        continue  # not this key after all, or still unreadable
+                    work.rooms.setdefault(room_id, self._room_row(room_id))
+                    self._replace_undecrypted(events, work, ord_, item)
+            self._finish(events, work)
+        return events
+
+    def _replace_undecrypted(
+        self, events: list[LoggedEvent], work: _Work, ord_: int, item: TimelineItem
+    ) -> None:
+        if not item.visible:
+            self._conn.execute("DELETE FROM messages WHERE ord = ?", (ord_,))
+            self._log(events, MessageRemoved(seq=0, room_id=item.room_id, event_id=item.event_id))
+            self._store_item(work, item, pos=None)  # the relation; its target re-derives
+            return
+        self._conn.execute(
+            "UPDATE messages SET type = ?, state_key = ?, content = ?, reply_to = ?, "
+            "thread_root = ?, encrypted = 1 WHERE ord = ?",
+            (
+                item.type,
+                item.state_key,
+                _pack(item.content),
+                item.reply_to,
+                item.thread_root,
+                ord_,
+            ),
+        )
+        rel = item.relation
+        if rel is not None:  # a thread reply: it counts on its root
+            self._conn.execute(
+                "INSERT OR IGNORE INTO relations(event_id, room_id, target, rel_type, sender, ts, "
+                "key, new_content, redacted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                (
+                    rel.event_id,
+                    item.room_id,
+                    rel.target,
+                    rel.rel_type,
+                    rel.sender,
+                    rel.ts,
+                    rel.key,
+                    _pack(rel.new_content) if rel.new_content is not None else None,
+                ),
+            )
+            work.touched_targets.add(rel.target)
+        work.touched_targets.add(item.event_id)
+        work.changed.add(ord_)
+
     # ----------------------------------------------------------------- reads
 
     def rooms(self) -> list[RoomInfo]:
@@ -1256,8 +1361,10 @@ class Cache:
                 )
                 row = self._one(
                     "INSERT INTO messages(room_id, pos, event_id, txn_id, type, sender, ts, status, "
-                    "content, reply_to, thread_root, body, display) "
-                    "VALUES (?, ?, NULL, ?, ?, ?, ?, 'pending', ?, ?, ?, '', x'80') RETURNING ord",
+                    "content, reply_to, thread_root, body, display, encrypted) "
+                    "VALUES (?, ?, NULL, ?, ?, ?, ?, 'pending', ?, ?, ?, '', x'80', "
+                    "COALESCE((SELECT is_encrypted FROM rooms WHERE room_id = ?1), 0)) "
+                    "RETURNING ord",
                     (
                         room_id,
                         self._next_pos(room_id),

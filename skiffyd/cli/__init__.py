@@ -556,7 +556,7 @@ def _describe(event: wire.Event) -> str:
             who = ", ".join(event.user_ids) or "nobody"
             return f"-- typing in {event.room_id}: {who}"
         case wire.MessageRemoved():
-            return f"#{event.seq} removed {event.room_id} {event.txn_id}"
+            return f"#{event.seq} removed {event.room_id} {event.event_id or event.txn_id}"
         case wire.OutboxUpdated(item=i):
             state = "done" if event.removed else i.state
             return f"#{event.seq} outbox {i.txn_id} {state}" + (

@@ -144,6 +144,13 @@ def request_for(item: OutboxItem, resolve: Callable[[str], str | None]) -> HttpR
     )
 
 
+def encrypted_request(item: OutboxItem, body: dict[str, Any]) -> HttpRequest:
+    """The request that sends ``item`` as ``m.room.encrypted`` with its txnId."""
+    room = quote(item.room_id, safe="")
+    txn = quote(item.txn_id, safe="")
+    return HttpRequest("PUT", f"/_matrix/client/v3/rooms/{room}/send/m.room.encrypted/{txn}", body)
+
+
 def on_failure(error: MatrixError, backoff: Backoff, unit_random: float) -> Retry | GiveUp:
     # 401 is about the session, not the message: the sync loop ends or renews
     # the session; the item waits for it.

@@ -28,7 +28,7 @@ local echo instead of adding the message twice.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 import msgspec
 
@@ -47,8 +47,9 @@ from skiffyd.errors import BadResponseError
 T = TypeVar("T")
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
 
+    from skiffyd.core.timeline import Decrypt
     from skiffyd.core.wire import BasicEvent, ClientEvent, StrippedStateEvent, SyncResponse
 
 #: Room row fields a sync may set.
@@ -220,20 +221,24 @@ def _apply_ephemeral(room: RoomSync, events: list[BasicEvent]) -> None:
                         )
 
 
-def _timeline(room: RoomSync, events: list[ClientEvent], own_user_id: str) -> None:
+def _timeline(
+    room: RoomSync, events: list[ClientEvent], own_user_id: str, decrypt: Decrypt | None = None
+) -> None:
     for ev in events:
         if ev.state_key is not None:
             _apply_state(room, ev, own_user_id)
-        item = classify(room.room_id, ev)
+        item = classify(room.room_id, ev, decrypt)
         if item is not None:
             room.items.append(item)
 
 
-def _plan_joined(room_id: str, joined: JoinedRoom, own_user_id: str) -> RoomSync:
+def _plan_joined(
+    room_id: str, joined: JoinedRoom, own_user_id: str, decrypt: Decrypt | None = None
+) -> RoomSync:
     room = RoomSync(room_id, {"membership": "join"})
     for ev in joined.state.events:
         _apply_state(room, ev, own_user_id)
-    _timeline(room, joined.timeline.events, own_user_id)
+    _timeline(room, joined.timeline.events, own_user_id, decrypt)
     room.limited = joined.timeline.limited
     room.prev_batch = joined.timeline.prev_batch
     summary = joined.summary
@@ -263,11 +268,13 @@ def _plan_invited(room_id: str, invited: InvitedRoom, own_user_id: str) -> RoomS
     return room
 
 
-def _plan_left(room_id: str, left: LeftRoom, own_user_id: str) -> RoomSync:
+def _plan_left(
+    room_id: str, left: LeftRoom, own_user_id: str, decrypt: Decrypt | None = None
+) -> RoomSync:
     room = RoomSync(room_id)
     for ev in left.state.events:
         _apply_state(room, ev, own_user_id)
-    _timeline(room, left.timeline.events, own_user_id)
+    _timeline(room, left.timeline.events, own_user_id, decrypt)
     room.limited = left.timeline.limited
     room.prev_batch = left.timeline.prev_batch
     _apply_account_data(room, left.account_data.events)
@@ -285,9 +292,10 @@ class RoomPlans:
     ``len`` work too (the whole list is then built once).
     """
 
-    def __init__(self, rooms: Rooms, own_user_id: str) -> None:
+    def __init__(self, rooms: Rooms, own_user_id: str, crypto: CryptoHook | None = None) -> None:
         self._rooms = rooms
         self._own = own_user_id
+        self._crypto = crypto
         self._built: list[RoomSync] | None = None
         self.typing: list[tuple[str, list[str]]] = []
         self.event_count = 0
@@ -306,12 +314,19 @@ class RoomPlans:
 
     def _generate(self) -> Iterator[RoomSync]:
         own = self._own
+        crypto = self._crypto
+        decrypt = crypto.decrypt if crypto is not None else None
         for room_id, raw in self._rooms.join.items():
-            yield _plan_joined(room_id, self._decode(joined_room_decoder, room_id, raw), own)
+            room = _plan_joined(
+                room_id, self._decode(joined_room_decoder, room_id, raw), own, decrypt
+            )
+            if crypto is not None and room.members:
+                crypto.note_members(room_id, room.members)
+            yield room
         for room_id, raw in self._rooms.invite.items():
             yield _plan_invited(room_id, self._decode(invited_room_decoder, room_id, raw), own)
         for room_id, raw in self._rooms.leave.items():
-            yield _plan_left(room_id, self._decode(left_room_decoder, room_id, raw), own)
+            yield _plan_left(room_id, self._decode(left_room_decoder, room_id, raw), own, decrypt)
 
     def __iter__(self) -> Iterator[RoomSync]:
         if self._built is not None:
@@ -342,7 +357,17 @@ class RoomPlans:
         return self._all()[index]
 
 
-def plan_sync(response: SyncResponse, own_user_id: str) -> SyncPlan:
+class CryptoHook(Protocol):
+    """What planning needs of the crypto machine (it runs where the plan is applied)."""
+
+    def decrypt(self, room_id: str, ev: ClientEvent) -> ClientEvent | None: ...
+
+    def note_members(self, room_id: str, changes: Iterable[MemberChange]) -> None: ...
+
+
+def plan_sync(
+    response: SyncResponse, own_user_id: str, crypto: CryptoHook | None = None
+) -> SyncPlan:
     direct: dict[str, list[str]] | None = None
     for account_ev in response.account_data.events:
         if account_ev.type == "m.direct":
@@ -352,7 +377,9 @@ def plan_sync(response: SyncResponse, own_user_id: str) -> SyncPlan:
                 if isinstance(room_ids, list)
             }
     return SyncPlan(
-        next_batch=response.next_batch, rooms=RoomPlans(response.rooms, own_user_id), direct=direct
+        next_batch=response.next_batch,
+        rooms=RoomPlans(response.rooms, own_user_id, crypto),
+        direct=direct,
     )
 
 

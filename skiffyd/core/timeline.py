@@ -32,7 +32,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from skiffyd.core.wire import ClientEvent
+
+    #: Decrypts an m.room.encrypted event of a room; None without its key.
+    Decrypt = Callable[[str, ClientEvent], ClientEvent | None]
 
 #: State event types shown as timeline rows.
 STATE_ROWS = frozenset(
@@ -116,16 +121,45 @@ class TimelineItem:
     redacts: str | None = None
     reply_to: str | None = None
     thread_root: str | None = None
+    #: Arrived end-to-end encrypted (``type`` and ``content`` are the plaintext's).
+    encrypted: bool = False
 
 
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def classify(room_id: str, ev: ClientEvent) -> TimelineItem | None:
-    """What ``ev`` is to the timeline; ``None`` for events skiffyd does not keep."""
+def classify(room_id: str, ev: ClientEvent, decrypt: Decrypt | None = None) -> TimelineItem | None:
+    """What ``ev`` is to the timeline; ``None`` for events skiffyd does not keep.
+
+    An ``m.room.encrypted`` event is first handed to ``decrypt``; what it
+    returns is classified instead (marked ``encrypted``). One that cannot be
+    decrypted (yet) is a row of its own, "unable to decrypt", whatever
+    relation its cleartext names: the relation is believed only once the
+    event is read (:meth:`skiffyd.cache.Cache.apply_decrypted`).
+    """
     if ev.event_id is None:
         return None
+    if ev.type == "m.room.encrypted":
+        plain = decrypt(room_id, ev) if decrypt is not None else None
+        if plain is None:
+            unsigned = ev.unsigned
+            return TimelineItem(
+                event_id=ev.event_id,
+                room_id=room_id,
+                type=ev.type,
+                sender=ev.sender,
+                ts=ev.origin_server_ts,
+                content=ev.content,
+                txn_id=unsigned.transaction_id if unsigned else None,
+                visible=True,
+                redacted=bool(unsigned and unsigned.redacted_because is not None),
+                encrypted=True,
+            )
+        item = classify(room_id, plain)
+        if item is not None:
+            item.encrypted = True
+        return item
     unsigned = ev.unsigned
     item = TimelineItem(
         event_id=ev.event_id,

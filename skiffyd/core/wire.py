@@ -116,10 +116,24 @@ class Rooms(msgspec.Struct, kw_only=True, gc=False):
     leave: dict[str, msgspec.Raw] = msgspec.field(default_factory=dict)
 
 
+class ToDevice(msgspec.Struct, kw_only=True, gc=False):
+    """To-device events stay dicts: nio's crypto machine parses them."""
+
+    events: list[dict[str, Any]] = msgspec.field(default_factory=list)
+
+
+class DeviceLists(msgspec.Struct, kw_only=True, gc=False):
+    changed: list[str] = msgspec.field(default_factory=list)
+    left: list[str] = msgspec.field(default_factory=list)
+
+
 class SyncResponse(msgspec.Struct, kw_only=True, gc=False):
     next_batch: str
     rooms: Rooms = msgspec.field(default_factory=Rooms)
     account_data: BasicEventList = msgspec.field(default_factory=BasicEventList)
+    to_device: ToDevice = msgspec.field(default_factory=ToDevice)
+    device_lists: DeviceLists = msgspec.field(default_factory=DeviceLists)
+    device_one_time_keys_count: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class MessagesResponse(msgspec.Struct, kw_only=True, gc=False):

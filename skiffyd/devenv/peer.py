@@ -6,8 +6,10 @@ method submits one coroutine to it and waits for the result, so the peer is
 callable from plain code, from sync tests, and from trio via
 ``trio.to_thread.run_sync(peer.send_text, room_id, "hi")``.
 
-Encryption is off: the peer speaks plain rooms, which is all the walking
-skeleton needs. :meth:`Peer.messages` reads the whole room history with
+Encryption is off unless asked for (``Peer.logged_in(..., encrypted=True)``):
+then nio's own Olm machine, with a crypto store in a directory of the
+caller's, shares and reads Megolm keys like any nio bot; every verb syncs
+and does nio's key upkeep first, so it sees keys sent to it. :meth:`Peer.messages` reads the whole room history with
 ``/messages`` (paginating back to the room's creation), so it sees every
 event — what exactly-once checks need. The other readers (:meth:`Peer.events`,
 :meth:`Peer.state`, :meth:`Peer.read_receipts`, :meth:`Peer.typing_users`,
@@ -46,8 +48,12 @@ class PeerMessage(NamedTuple):
 class Peer:
     """A matrix-nio ``AsyncClient`` behind a blocking API."""
 
-    def __init__(self, *, timeout: float = 60.0) -> None:
+    def __init__(self, *, timeout: float = 60.0, store_dir: str | None = None) -> None:
         self.timeout = timeout
+        #: Where nio keeps its crypto store; None: encryption off.
+        self.store_dir = store_dir
+        #: Room → (session id, session key at index 0) kept back from someone.
+        self._withheld: dict[str, tuple[str, str]] = {}
         self.user_id: str | None = None
         self._client: Any = None  # nio.AsyncClient, created on the loop
         self._loop = asyncio.new_event_loop()
@@ -56,8 +62,10 @@ class Peer:
         self._closed = False
 
     @classmethod
-    def logged_in(cls, homeserver: str, user: str, password: str) -> Peer:
-        peer = cls()
+    def logged_in(
+        cls, homeserver: str, user: str, password: str, *, store_dir: str | None = None
+    ) -> Peer:
+        peer = cls(store_dir=store_dir)
         try:
             peer.login(homeserver, user, password)
         except BaseException:
@@ -77,19 +85,111 @@ class Peer:
             raise PeerError("the peer is not logged in")
         return self._client
 
+    @property
+    def encrypted(self) -> bool:
+        return self.store_dir is not None
+
+    async def _crypto_round(self) -> None:
+        """One sync (to-device keys, room state), then nio's key upkeep."""
+        c = self.client
+        resp = await c.sync(timeout=0, full_state=c.next_batch is None)
+        if not isinstance(resp, nio.SyncResponse):
+            raise PeerError(f"sync failed: {_describe(resp)}")
+        if c.should_upload_keys:
+            await c.keys_upload()
+        if c.should_query_keys:
+            await c.keys_query()
+        if c.should_claim_keys:
+            await c.keys_claim(c.get_users_for_key_claiming())
+
+    def sync_keys(self) -> None:
+        """Sync and do nio's key upkeep (encrypted peers)."""
+        self._run(self._crypto_round())
+
+    async def _send(self, room_id: str, event_type: str, content: dict[str, Any]) -> Any:
+        if self.encrypted:
+            await self._crypto_round()
+        return await self.client.room_send(
+            room_id, event_type, content, ignore_unverified_devices=True
+        )
+
+    def withhold_keys_from(self, user_id: str, room_id: str) -> None:
+        """Share the room's next Megolm session with none of ``user_id``'s devices.
+
+        The session is made now, so its key at index 0 can still be sent
+        later (:meth:`send_withheld_key`): the way a key that was delayed
+        reaches a client.
+        """
+
+        async def go() -> None:
+            await self._crypto_round()
+            c = self.client
+            if c.should_query_keys:
+                await c.keys_query()
+            devices = list(c.device_store.active_user_devices(user_id))
+            if not devices:
+                raise PeerError(f"the peer knows no devices of {user_id}")
+            for device in devices:
+                c.blacklist_device(device)
+            c.olm.create_outbound_group_session(room_id)
+            session = c.olm.outbound_group_sessions[room_id]
+            self._withheld[room_id] = (session.id, session.session_key)
+
+        self._run(go())
+
+    def send_withheld_key(self, user_id: str, room_id: str) -> None:
+        """Send ``user_id``'s devices the key withheld by :meth:`withhold_keys_from`."""
+
+        async def go() -> None:
+            c = self.client
+            session_id, session_key = self._withheld.pop(room_id)
+            session = c.olm.outbound_group_sessions.get(room_id)
+            devices = list(c.device_store.active_user_devices(user_id))
+            for device in devices:
+                c.unblacklist_device(device)  # nio drops the room's session here
+            if session is not None:
+                c.olm.outbound_group_sessions[room_id] = session
+            missing = c.olm.get_missing_sessions([user_id])
+            if missing:
+                await c.keys_claim(missing)
+            content = {
+                "algorithm": "m.megolm.v1.aes-sha2",
+                "room_id": room_id,
+                "session_id": session_id,
+                "session_key": session_key,
+            }
+            for device in devices:
+                olm_session = c.olm.session_store.get(device.curve25519)
+                if olm_session is None:
+                    raise PeerError(f"no Olm session with {device.id}")
+                payload = c.olm._olm_encrypt(olm_session, device, "m.room_key", content)
+                message = nio.ToDeviceMessage("m.room.encrypted", user_id, device.id, payload)
+                resp = await c.to_device(message)
+                if not isinstance(resp, nio.ToDeviceResponse):
+                    raise PeerError(f"to-device failed: {_describe(resp)}")
+
+        self._run(go())
+
     # ------------------------------------------------------------------ verbs
 
     def login(self, homeserver: str, user: str, password: str) -> str:
         """Password login; returns the user id."""
 
         async def go() -> str:
-            config = nio.AsyncClientConfig(encryption_enabled=False, store_sync_tokens=False)
-            client = nio.AsyncClient(homeserver, user, store_path=None, config=config)
+            encrypted = self.store_dir is not None
+            config = nio.AsyncClientConfig(encryption_enabled=encrypted, store_sync_tokens=False)
+            client = nio.AsyncClient(
+                homeserver, user, store_path=self.store_dir or "", config=config
+            )
             resp = await client.login(password, device_name="skiffyd-test-peer")
             if not isinstance(resp, nio.LoginResponse):
                 await client.close()
                 raise PeerError(f"login failed: {_describe(resp)}")
             self._client = client
+            if encrypted:
+                if client.olm is None:
+                    raise PeerError("the peer's encryption store did not load")
+                await self._crypto_round()
             return str(resp.user_id)
 
         self.user_id = self._run(go())
@@ -129,9 +229,7 @@ class Peer:
         """Send an ``m.text`` message; returns its event id."""
 
         async def go() -> str:
-            resp = await self.client.room_send(
-                room_id, "m.room.message", {"msgtype": "m.text", "body": body}
-            )
+            resp = await self._send(room_id, "m.room.message", {"msgtype": "m.text", "body": body})
             if not isinstance(resp, nio.RoomSendResponse):
                 raise PeerError(f"send failed: {_describe(resp)}")
             return str(resp.event_id)
@@ -142,7 +240,7 @@ class Peer:
         """Send any room event; returns its event id."""
 
         async def go() -> str:
-            resp = await self.client.room_send(room_id, event_type, content)
+            resp = await self._send(room_id, event_type, content)
             if not isinstance(resp, nio.RoomSendResponse):
                 raise PeerError(f"send failed: {_describe(resp)}")
             return str(resp.event_id)
@@ -237,6 +335,8 @@ class Peer:
         """Every ``m.room.message`` in the room, oldest first, from ``/messages``."""
 
         async def go() -> list[PeerMessage]:
+            if self.encrypted:
+                await self._crypto_round()  # keys first: /messages is decrypted with them
             found: list[PeerMessage] = []
             start: str | None = None
             for _ in range(10_000):
@@ -316,26 +416,23 @@ class Peer:
         return str(self.request_ok("POST", "/_matrix/client/v3/createRoom", body)["room_id"])
 
     def events(self, room_id: str) -> list[dict[str, Any]]:
-        """Every event of the room as the server serves it, oldest first (``/messages``)."""
+        """Every event of the room as the server serves it, oldest first (``/messages``).
 
-        async def go() -> list[dict[str, Any]]:
-            found: list[dict[str, Any]] = []
-            start: str | None = None
-            for _ in range(10_000):
-                resp = await self.client.room_messages(room_id, start=start, limit=100)
-                if not isinstance(resp, nio.RoomMessagesResponse):
-                    raise PeerError(f"/messages failed: {_describe(resp)}")
-                for event in resp.chunk:
-                    source = getattr(event, "source", None)
-                    if isinstance(source, dict) and "event_id" in source:
-                        found.append(source)
-                if not resp.chunk or not resp.end or resp.end == start:
-                    break
-                start = resp.end
-            found.reverse()
-            return found
-
-        return self._run(go())
+        Raw JSON, never decrypted: in an encrypted room this is the ciphertext.
+        """
+        found: list[dict[str, Any]] = []
+        start: str | None = None
+        for _ in range(10_000):
+            query = "dir=b&limit=100" + (f"&from={q(start)}" if start else "")
+            page = self.request_ok("GET", f"/_matrix/client/v3/rooms/{q(room_id)}/messages?{query}")
+            chunk = page.get("chunk") or []
+            found += [e for e in chunk if isinstance(e, dict) and "event_id" in e]
+            end = page.get("end")
+            if not chunk or not end or end == start:
+                break
+            start = end
+        found.reverse()
+        return found
 
     def event(self, room_id: str, event_id: str) -> dict[str, Any]:
         """One event (``GET /rooms/{id}/event/{event_id}``); a redacted one has no content."""

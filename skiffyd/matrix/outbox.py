@@ -20,6 +20,7 @@ from skiffyd.core.outbox import (
     GiveUp,
     OutboxItem,
     Unresolved,
+    encrypted_request,
     heads,
     is_event_id,
     on_failure,
@@ -34,12 +35,13 @@ if TYPE_CHECKING:
 
     from ipc_schema import Event
     from skiffyd.cache import Cache
+    from skiffyd.matrix.crypto import CryptoService
     from skiffyd.matrix.transport import Transport
 
 log = structlog.get_logger(__name__)
 
 
-class _RoomEncrypted(Exception):
+class _NoEncryption(Exception):
     """Plaintext is never sent into an encrypted room."""
 
 
@@ -68,7 +70,9 @@ class OutboxService:
         cache: Cache,
         db: Callable[..., Awaitable[Any]],
         publish: Callable[[Sequence[Event]], None],
+        crypto: CryptoService | None = None,
     ) -> None:
+        self._crypto = crypto
         self._transport = transport
         self._cache = cache
         self._db = db
@@ -108,13 +112,19 @@ class OutboxService:
         self._wake = trio.Event()
 
     async def _deliver(self, item: OutboxItem) -> str | None:
-        if item.kind == "event" and await self._db(self._cache.room_is_encrypted, item.room_id):
-            # Encryption may have been turned on after the item was queued.
-            raise _RoomEncrypted
         resolved = {
             ref: await self._db(self._cache.event_id_for_txn, ref) for ref in _references(item)
         }
         request = request_for(item, resolved.get)
+        # Checked at send time: encryption may have been turned on after the
+        # item was queued. Plaintext never goes into an encrypted room.
+        if item.kind == "event" and await self._db(self._cache.room_is_encrypted, item.room_id):
+            if self._crypto is None:
+                raise _NoEncryption
+            assert item.event_type is not None
+            # A retry encrypts again: the same txnId still makes it one event.
+            body = await self._crypto.encrypt(item.room_id, item.event_type, request.body)
+            request = encrypted_request(item, body)
         data = await self._transport.request(request.method, request.path, json=request.body)
         if item.kind == "receipt":
             return None
@@ -130,8 +140,8 @@ class OutboxService:
             return None
         try:
             event_id = await self._deliver(item)
-        except _RoomEncrypted:
-            reason = "the room is end-to-end encrypted; skiffyd cannot encrypt yet"
+        except _NoEncryption:
+            reason = "the room is end-to-end encrypted and the encryption store is not loaded"
             log.warning("outbox.failed", txn_id=item.txn_id, reason="room encrypted")
             self._publish(await self._db(self._cache.mark_failed, item.txn_id, reason))
             return None

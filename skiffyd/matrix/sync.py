@@ -35,6 +35,7 @@ from skiffyd.matrix.transport import Transport, decode
 
 if TYPE_CHECKING:
     from skiffyd.cache import Cache
+    from skiffyd.matrix.crypto import CryptoService, RoomKey
 
 log = structlog.get_logger(__name__)
 
@@ -68,7 +69,9 @@ class SyncService:
         set_state: Callable[[SessionState, str | None], None],
         on_synced: Callable[[], None],
         own_user_id: str,
+        crypto: CryptoService | None = None,
     ) -> None:
+        self._crypto = crypto
         self._transport = transport
         self._cache = cache
         self._db = db
@@ -138,12 +141,27 @@ class SyncService:
                 caught_up = False  # back online: report it in one round trip
                 await trio.sleep(delay)
                 continue
-            plan = plan_sync(response, self._own_user_id)
+            keys: list[RoomKey] = []
+            machine = self._crypto.crypto if self._crypto is not None else None
+            if machine is not None:
+                # Before the rooms: a key and the messages it opens may come
+                # in the same response. Keys are stored as they come; if the
+                # apply below fails, the same sync comes again, harmlessly.
+                keys = await self._db(
+                    machine.receive,
+                    response.to_device.events,
+                    response.device_lists.changed,
+                    response.device_one_time_keys_count,
+                )
+            plan = plan_sync(response, self._own_user_id, machine)
             plan.initial = since is None and await self._db(self._cache.is_empty)
             next_batch = response.next_batch
             del response  # the plan keeps what it needs; a big sync is big
             try:
                 await self.apply(plan)
+                if keys and machine is not None:
+                    # Messages that came before their key: read them now.
+                    self._publish(await self._db(self._cache.apply_decrypted, machine, keys))
             except (BadResponseError, CacheError) as exc:
                 # A room that does not validate (rooms are decoded as they are
                 # stored), or a failed write: nothing was stored (one
@@ -164,3 +182,5 @@ class SyncService:
             backoff.reset()
             self._set_state("ready", None)
             self._on_synced()
+            if self._crypto is not None:
+                self._crypto.wake()

@@ -572,9 +572,13 @@ def test_create_public_private_encrypted_and_direct(ready: Ready) -> None:
         "the room shown as encrypted",
         lambda: (r := room_row(inst, encrypted)) and r["is_encrypted"] is True,
     )
-    # skiffyd cannot encrypt yet: it refuses rather than send plaintext there.
-    r = inst.cli("send", encrypted, "plaintext must not go here")
-    assert error_code(r, "send into an encrypted room") == ErrorCode.OUTBOX_ROOM_ENCRYPTED
+    # Sends there go out encrypted (tests/integration/test_e2ee.py reads them).
+    secret = unique("never-plaintext")
+    inst.send(encrypted, secret)
+    wait_outbox_empty(inst)
+    ours = [e for e in peer.events(encrypted) if e.get("sender") == ready.account.user_id]
+    assert "m.room.encrypted" in {e["type"] for e in ours}
+    assert not any(secret in json.dumps(e) for e in ours)
 
     direct = daemon_room(ready, "--direct", "--invite", peer.user_id or "")
 

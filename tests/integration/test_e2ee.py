@@ -1,0 +1,214 @@
+"""End-to-end encrypted rooms against Synapse, with matrix-nio's own Olm machine as the peer.
+
+The peer is a nio ``AsyncClient`` with encryption on (its own crypto store):
+what skiffyd sends must be readable by it, and what it sends must be
+readable by skiffyd; the server only ever sees ``m.room.encrypted``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from skiffyd.devenv.wait import wait_for
+from tests.integration.test_commands import (
+    daemon_room,
+    peer_events,
+    room_row,
+    rows,
+    unique,
+    until,
+    wait_outbox_empty,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from skiffyd.devenv.instance import SkiffyInstance
+    from skiffyd.devenv.peer import Peer
+    from tests.conftest import Ready
+
+pytestmark = pytest.mark.integration
+
+
+def encrypted_room(ready: Ready, peer: Peer) -> str:
+    """An encrypted room skiffyd created, with ``peer`` joined."""
+    room_id = daemon_room(
+        ready, "--name", unique("Secret"), "--encrypted", "--invite", peer.user_id or ""
+    )
+    wait_for(lambda: room_id in peer.invites(), timeout=30, interval=0.2, what="the peer's invite")
+    peer.join(room_id)
+    until(
+        ready.daemon,
+        "the room encrypted in the cache",
+        lambda: (r := room_row(ready.daemon, room_id)) and r["is_encrypted"] is True,
+    )
+    return room_id
+
+
+def row_with(inst: SkiffyInstance, room_id: str, event_id: str) -> dict[str, Any] | None:
+    return next((m for m in rows(inst, room_id) if m["event_id"] == event_id), None)
+
+
+def decrypted(inst: SkiffyInstance, room_id: str, event_id: str, body: str) -> dict[str, Any]:
+    row: dict[str, Any] = until(
+        inst,
+        "the event decrypted in the cache",
+        lambda: (m := row_with(inst, room_id, event_id)) and m["body"] == body and m,
+    )
+    return row
+
+
+def test_encrypted_room_both_ways(ready: Ready, make_peer: Callable[..., Peer]) -> None:
+    inst = ready.daemon
+    peer = make_peer(encrypted=True)
+    room_id = encrypted_room(ready, peer)
+    user = ready.account.user_id
+
+    # skiffyd → peer: the server sees ciphertext only; nio reads the text.
+    ours = [unique("from-skiffyd") for _ in range(3)]
+    for body in ours:
+        inst.send(room_id, body)
+    wait_outbox_empty(inst)
+    on_server = [e for e in peer.events(room_id) if e.get("sender") == user]
+    kinds = {e["type"] for e in on_server if "state_key" not in e}
+    assert kinds == {"m.room.encrypted"}, kinds
+    for event in on_server:
+        assert not any(body in str(event) for body in ours), "plaintext reached the server"
+    wait_for(
+        lambda: [m.body for m in peer.messages(room_id) if m.sender == user] == ours,
+        timeout=30,
+        interval=0.5,
+        what="the peer to decrypt skiffyd's messages, in order",
+    )
+    for m in rows(inst, room_id):
+        if m["body"] in ours:
+            assert (m["encrypted"], m["status"]) == (True, "sent"), m
+
+    # peer → skiffyd: decrypted into the cache and the JSON, marked encrypted.
+    text = unique("from-peer")
+    event_id = peer.send_text(room_id, text)
+    row = decrypted(inst, room_id, event_id, text)
+    assert row["encrypted"] is True
+    assert row["type"] == "m.room.message"
+    assert row["msgtype"] == "m.text"
+    raw = peer.event(room_id, event_id)
+    assert raw["type"] == "m.room.encrypted"
+
+    # Relations inside encrypted events: an edit, a reaction, a reply.
+    peer.edit(room_id, event_id, text + " (edited)")
+    peer.react(room_id, event_id, "👍")
+    reply = peer.reply(room_id, event_id, unique("reply"))
+    until(
+        inst,
+        "the encrypted edit and reaction applied",
+        lambda: (
+            (m := row_with(inst, room_id, event_id))
+            and m["edited"]
+            and m["body"] == text + " (edited)"
+            and m["reactions"] == {"👍": 1}
+        ),
+    )
+    reply_row: dict[str, Any] = until(
+        inst, "the encrypted reply", lambda: row_with(inst, room_id, reply)
+    )
+    assert reply_row["reply_to"] == event_id
+    assert reply_row["encrypted"] is True
+
+    # skiffyd's own reply and reaction go out encrypted too.
+    inst.cli_ok("react", room_id, event_id, "🎉")
+    wait_outbox_empty(inst)
+    reactions = peer_events(
+        peer,
+        room_id,
+        lambda e: e.get("sender") == user and e["type"] == "m.room.encrypted",
+        "skiffyd's encrypted events",
+    )
+    assert len(reactions) == len(ours) + 1
+
+
+def test_a_late_key_turns_unable_to_decrypt_into_the_message(
+    ready: Ready, make_peer: Callable[..., Peer]
+) -> None:
+    inst = ready.daemon
+    peer = make_peer(encrypted=True)
+    room_id = encrypted_room(ready, peer)
+    user = ready.account.user_id
+    tail = inst.tail("--since", "0")
+    try:
+        # The peer keeps the room key from skiffyd's device at first.
+        peer.withhold_keys_from(user, room_id)
+        secret = unique("late")
+        event_id = peer.send_text(room_id, secret)
+        edit_id = peer.edit(room_id, event_id, secret + " (edited)")
+        utd: dict[str, Any] = until(
+            inst, "the message as unable to decrypt", lambda: row_with(inst, room_id, event_id)
+        )
+        assert utd["type"] == "m.room.encrypted"
+        assert utd["encrypted"] is True
+        assert utd["body"] == "** unable to decrypt **"
+        assert secret not in str(utd)
+        # The edit cannot be told from a message yet: its own row, for now.
+        until(inst, "the edit as a row", lambda: row_with(inst, room_id, edit_id))
+
+        peer.send_withheld_key(user, room_id)
+        row = decrypted(inst, room_id, event_id, secret + " (edited)")
+        assert row["type"] == "m.room.message"
+        assert row["edited"] is True
+        assert row["encrypted"] is True
+        until(
+            inst,
+            "the edit's own row gone",
+            lambda: row_with(inst, room_id, edit_id) is None,
+        )
+
+        def published() -> bool:
+            events = tail.events()
+            updated = any(
+                e["type"] == "message_updated"
+                and e["message"]["event_id"] == event_id
+                and e["message"]["body"] == secret + " (edited)"
+                for e in events
+            )
+            removed = any(
+                e["type"] == "message_removed" and e.get("event_id") == edit_id for e in events
+            )
+            return updated and removed
+
+        wait_for(published, timeout=30, interval=0.2, what="the change published to `tail`")
+    finally:
+        tail.stop()
+
+
+def test_keys_survive_a_kill_and_sends_stay_exactly_once(
+    ready: Ready, make_peer: Callable[..., Peer]
+) -> None:
+    inst = ready.daemon
+    peer = make_peer(encrypted=True)
+    room_id = encrypted_room(ready, peer)
+    user = ready.account.user_id
+    before = unique("before-kill")
+    event_id = peer.send_text(room_id, before)
+    decrypted(inst, room_id, event_id, before)
+
+    bodies = [unique(f"queued-{i}") for i in range(20)]
+    for body in bodies:
+        inst.send(room_id, body)
+    inst.kill9()  # mid-drain at best
+    inst.start()
+    wait_outbox_empty(inst, timeout=120)
+
+    # Old messages still read (the Olm/Megolm state is on disk), new ones too.
+    assert row_with(inst, room_id, event_id)["body"] == before  # type: ignore[index]
+    after = unique("after-kill")
+    after_id = peer.send_text(room_id, after)
+    decrypted(inst, room_id, after_id, after)
+
+    def all_read() -> bool:
+        got = [m.body for m in peer.messages(room_id) if m.sender == user]
+        return set(bodies) <= set(got)
+
+    wait_for(all_read, timeout=60, interval=0.5, what="the peer to read every queued message")
+    got = [m.body for m in peer.messages(room_id) if m.sender == user]
+    assert got == bodies, "each message exactly once, in order"
