@@ -64,6 +64,8 @@ class ErrorCode:
     MATRIX_UNREACHABLE = "SKIFFY_MATRIX_UNREACHABLE"
     MATRIX_BAD_RESPONSE = "SKIFFY_MATRIX_BAD_RESPONSE"
     MATRIX_REQUEST_FAILED = "SKIFFY_MATRIX_REQUEST_FAILED"
+    #: A key file that does not open (wrong passphrase, not a key export).
+    CRYPTO_BAD_KEY_FILE = "SKIFFY_CRYPTO_BAD_KEY_FILE"
     CACHE_WRONG_KEY = "SKIFFY_CACHE_WRONG_KEY"
     CACHE_CORRUPT = "SKIFFY_CACHE_CORRUPT"
     CACHE_UNKNOWN_ROOM = "SKIFFY_CACHE_UNKNOWN_ROOM"
@@ -359,6 +361,22 @@ class Backfill(msgspec.Struct, tag_field="cmd", tag="backfill", kw_only=True):
     limit: int = 100
 
 
+class Devices(msgspec.Struct, tag_field="cmd", tag="devices", kw_only=True):
+    """A user's devices and how far each is trusted; the account's own by default."""
+
+    user_id: str | None = None
+
+
+class KeysExport(msgspec.Struct, tag_field="cmd", tag="keys_export", kw_only=True):
+    """Every Megolm session this device can decrypt with (the export format's list)."""
+
+
+class KeysImport(msgspec.Struct, tag_field="cmd", tag="keys_import", kw_only=True):
+    """Megolm sessions in the export format's list (already decrypted by the UI)."""
+
+    sessions: list[dict[str, Any]]
+
+
 Request = (
     Hello
     | Status
@@ -392,6 +410,9 @@ Request = (
     | OutboxCancel
     | SsoStart
     | SsoFinish
+    | Devices
+    | KeysExport
+    | KeysImport
 )
 COMMAND_NAMES: frozenset[str] = frozenset(str(t.__struct_config__.tag) for t in get_args(Request))
 
@@ -514,6 +535,43 @@ class SendResult(msgspec.Struct, tag_field="type", tag="send", kw_only=True):
 
 class JoinResult(msgspec.Struct, tag_field="type", tag="join", kw_only=True):
     room_id: str
+
+
+DeviceTrust = Literal["verified", "unverified", "blacklisted"]
+
+
+class DeviceInfo(msgspec.Struct, kw_only=True):
+    user_id: str
+    device_id: str
+    display_name: str | None = None
+    ed25519: str
+    curve25519: str
+    #: verified: confirmed by the account (verification); unverified: keys
+    #: seen on the server, not confirmed (they still get room keys);
+    #: blacklisted: never given room keys.
+    trust: DeviceTrust
+    #: This daemon's own device.
+    own: bool = False
+
+
+class DevicesResult(msgspec.Struct, tag_field="type", tag="devices", kw_only=True):
+    user_id: str
+    devices: list[DeviceInfo]
+
+
+class KeysExportResult(msgspec.Struct, tag_field="type", tag="keys_export", kw_only=True):
+    #: Secret key material: the UI encrypts it with the user's passphrase
+    #: (``skiffyd keys export`` writes Element's file format) and keeps it
+    #: nowhere else.
+    sessions: list[dict[str, Any]]
+
+
+class KeysImportResult(msgspec.Struct, tag_field="type", tag="keys_import", kw_only=True):
+    imported: int
+    #: Sessions already known or unusable.
+    skipped: int
+    #: Rows that were "unable to decrypt" and are now read.
+    decrypted: int
 
 
 # --------------------------------------------------------------------------
@@ -639,6 +697,9 @@ Result = (
     | UsersResult
     | OutboxResult
     | SsoStartResult
+    | DevicesResult
+    | KeysExportResult
+    | KeysImportResult
 )
 
 
@@ -694,6 +755,10 @@ __all__ = [
     "ChangesResult",
     "ChangesSince",
     "CreateRoom",
+    "DeviceInfo",
+    "DeviceTrust",
+    "Devices",
+    "DevicesResult",
     "Edit",
     "ErrorCode",
     "ErrorInfo",
@@ -707,6 +772,10 @@ __all__ = [
     "Invite",
     "Join",
     "JoinResult",
+    "KeysExport",
+    "KeysExportResult",
+    "KeysImport",
+    "KeysImportResult",
     "Kick",
     "Leave",
     "LoggedEvent",

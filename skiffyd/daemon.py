@@ -40,7 +40,7 @@ from skiffyd import commands, credentials, logs
 from skiffyd.cache import Cache
 from skiffyd.config import Paths, Settings
 from skiffyd.core.homeserver import normalize_homeserver
-from skiffyd.core.identifiers import check_room_id, check_room_id_or_alias
+from skiffyd.core.identifiers import check_room_id, check_room_id_or_alias, check_user_id
 from skiffyd.credentials import Credentials
 from skiffyd.errors import (
     ConfigError,
@@ -388,6 +388,19 @@ class Daemon:
         )
         self.set_state("logged_out", exc.message + " (`skiffyd login`)")
 
+    async def _import_keys(self, request: wire.KeysImport) -> wire.KeysImportResult:
+        s = self.require_session()
+        crypto = s.crypto
+        assert crypto is not None
+        added, skipped = await self.db(crypto.import_sessions, request.sessions)
+        decrypted = 0
+        if added:
+            before = await self.db(s.cache.undecrypted_count)
+            self.publish(await self.db(s.cache.apply_decrypted, crypto, added))
+            decrypted = before - await self.db(s.cache.undecrypted_count)
+        log.info("crypto.keys_imported", imported=len(added), skipped=skipped)
+        return wire.KeysImportResult(imported=len(added), skipped=skipped, decrypted=decrypted)
+
     async def _decrypt_waiting(self, session: AccountSession) -> None:
         """Rows whose key came while the daemon was down (or imported): read them."""
         crypto = session.crypto
@@ -516,6 +529,21 @@ class Daemon:
                 return await commands.outbox_cancel(self, request)
             case wire.Join():
                 return await self._join(request)
+            case wire.Devices():
+                s = self.require_session()
+                assert s.crypto_service is not None
+                user_id = request.user_id or s.creds.user_id
+                check_user_id(user_id)
+                return wire.DevicesResult(
+                    user_id=user_id, devices=await s.crypto_service.devices(user_id)
+                )
+            case wire.KeysExport():
+                s = self.require_session()
+                assert s.crypto is not None
+                log.info("crypto.keys_exported")
+                return wire.KeysExportResult(sessions=await self.db(s.crypto.export_sessions))
+            case wire.KeysImport():
+                return await self._import_keys(request)
             case wire.ChangesSince():
                 if self.session is None:
                     return wire.ChangesResult(

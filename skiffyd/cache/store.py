@@ -1144,6 +1144,14 @@ class Cache:
 
     # ------------------------------------------------------------ decryption
 
+    def undecrypted_count(self) -> int:
+        return int(
+            self._scalar(
+                "SELECT count(*) FROM messages INDEXED BY messages_undecrypted "
+                "WHERE type = 'm.room.encrypted'"
+            )
+        )
+
     def undecrypted_sessions(self) -> list[tuple[str, str, str]]:
         """(room, sender key, session) of every row still waiting for its key."""
         found: set[tuple[str, str, str]] = set()

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import sys
+from pathlib import Path  # noqa: TC003  (typer reads the annotations at run time)
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import msgspec
@@ -539,6 +541,102 @@ def outbox_retry(txn: Annotated[str, typer.Argument(help="The txn id of a failed
 def outbox_cancel(txn: Annotated[str, typer.Argument(help="The txn id")]) -> None:
     """Take back an item that is queued or failed (and what depends on it)."""
     _request(wire.OutboxCancel(txn_id=txn), wire.OkResult)
+
+
+@app.command()
+def devices(
+    user: Annotated[
+        str | None, typer.Argument(help="Whose devices (default: the account's own)")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A user's devices, with their keys and trust."""
+    result = _request(wire.Devices(user_id=user), wire.DevicesResult)
+    if as_json:
+        _print_json(result.devices)
+        return
+    for d in result.devices:
+        own = " (this device)" if d.own else ""
+        name = f" {d.display_name}" if d.display_name else ""
+        print(f"{d.device_id}{name} {d.trust} ed25519:{d.ed25519}{own}")
+
+
+keys_app = typer.Typer(
+    help="Room keys: export and import (Element's passphrase-protected format).",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
+
+#: Sessions per import request (each well under the IPC request limit).
+IMPORT_BATCH = 100
+
+
+def _passphrase(*, confirm: bool) -> str:
+    """From standard input: a line when piped, a hidden prompt on a terminal."""
+    if sys.stdin.isatty():
+        import getpass
+
+        value = getpass.getpass("Passphrase: ")
+        if confirm and getpass.getpass("Again: ") != value:
+            _fail("the passphrases differ")
+    else:
+        value = sys.stdin.readline().rstrip("\r\n")
+    if not value:
+        _fail("an empty passphrase: write it to standard input")
+    return value
+
+
+@keys_app.command("export")
+def keys_export(
+    file: Annotated[Path, typer.Argument(help="Where to write the key file", dir_okay=False)],
+) -> None:
+    """Write every room key to FILE, encrypted with a passphrase read from stdin."""
+    from skiffyd.core import key_export
+
+    passphrase = _passphrase(confirm=True)
+    sessions = _request(wire.KeysExport(), wire.KeysExportResult, timeout=120.0).sessions
+    text = key_export.encrypt(msgspec.json.encode(sessions), passphrase)
+    try:
+        # The file holds keys: only its owner may read it, from the start.
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+    except OSError as exc:
+        _fail(f"cannot write {file}: {exc.strerror}")
+    print(f"exported {len(sessions)} room keys to {file}")
+
+
+@keys_app.command("import")
+def keys_import(
+    file: Annotated[
+        Path,
+        typer.Argument(help="A key file (Element's export format)", exists=True, dir_okay=False),
+    ],
+) -> None:
+    """Add the room keys in FILE (passphrase from stdin); messages they open are read."""
+    from skiffyd.core import key_export
+
+    passphrase = _passphrase(confirm=False)
+    try:
+        sessions = msgspec.json.decode(key_export.decrypt(file.read_text(), passphrase))
+    except (ValueError, UnicodeDecodeError, msgspec.DecodeError):
+        _fail(
+            "the file does not open with this passphrase, or is not a key export",
+            wire.ErrorCode.CRYPTO_BAD_KEY_FILE,
+        )
+    if not isinstance(sessions, list) or not all(isinstance(x, dict) for x in sessions):
+        _fail("the key file holds no list of keys", wire.ErrorCode.CRYPTO_BAD_KEY_FILE)
+    imported = skipped = decrypted = 0
+    for i in range(0, len(sessions), IMPORT_BATCH):
+        result = _request(
+            wire.KeysImport(sessions=sessions[i : i + IMPORT_BATCH]),
+            wire.KeysImportResult,
+            timeout=120.0,
+        )
+        imported += result.imported
+        skipped += result.skipped
+        decrypted += result.decrypted
+    print(f"imported {imported} room keys ({skipped} known or unusable); {decrypted} messages read")
 
 
 def _describe(event: wire.Event) -> str:

@@ -37,7 +37,6 @@ silently turns encryption off, so :meth:`Crypto.load` checks ``olm`` is set.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote
@@ -48,6 +47,7 @@ import structlog
 import trio
 from nio.store import SqliteStore
 
+from ipc_schema import DeviceInfo, DeviceTrust
 from skiffyd.core.wire import ClientEvent
 from skiffyd.errors import BadResponseError, DaemonError, MatrixError, RequestFailedError
 from skiffyd.matrix.transport import decode
@@ -74,17 +74,6 @@ class RoomKey(NamedTuple):
 
     room_id: str
     session_id: str
-
-
-@dataclass(slots=True, frozen=True)
-class DeviceInfo:
-    user_id: str
-    device_id: str
-    display_name: str | None
-    ed25519: str
-    curve25519: str
-    trust: str  # verified | unverified | blacklisted
-    deleted: bool = False
 
 
 def _checked(response: Any, what: str) -> Any:
@@ -269,17 +258,33 @@ class Crypto:
         self._olm.handle_response(_checked(nio.KeysClaimResponse.from_dict(answer), "keys claim"))
 
     def devices(self, user_id: str) -> list[DeviceInfo]:
+        """The user's current devices as the machine knows them (ask the server first)."""
         olm = self._olm
-        store = olm.device_store
-        found: list[OlmDevice] = list(store[user_id].values()) if user_id in store.users else []
+        found: list[OlmDevice] = list(olm.device_store.active_user_devices(user_id))
         out = []
+        own = user_id == self.user_id
+        if own and not any(d.id == self.device_id for d in found):
+            keys = olm.account.identity_keys
+            out.append(
+                DeviceInfo(
+                    user_id=user_id,
+                    device_id=self.device_id,
+                    ed25519=keys["ed25519"],
+                    curve25519=keys["curve25519"],
+                    trust="verified",
+                    own=True,
+                )
+            )
         for device in found:
-            if olm.is_device_verified(device):
+            trust: DeviceTrust
+            if own and device.id == self.device_id:
+                trust = "verified"  # this device itself
+            elif olm.is_device_verified(device):
                 trust = "verified"
             elif olm.is_device_blacklisted(device):
                 trust = "blacklisted"
             else:
-                trust = "unverified"
+                trust = "unverified"  # also nio's "ignored": given keys, never trusted
             out.append(
                 DeviceInfo(
                     user_id=device.user_id,
@@ -288,10 +293,54 @@ class Crypto:
                     ed25519=device.ed25519,
                     curve25519=device.curve25519,
                     trust=trust,
-                    deleted=bool(device.deleted),
+                    own=own and device.id == self.device_id,
                 )
             )
         return sorted(out, key=lambda d: d.device_id)
+
+    # --------------------------------------------------------- key backup
+
+    def export_sessions(self) -> list[dict[str, Any]]:
+        """Every inbound Megolm session, as the export format lists them."""
+        out = []
+        for session in self._olm.store.load_inbound_group_sessions():
+            out.append(
+                {
+                    "algorithm": MEGOLM,
+                    "sender_key": session.sender_key,
+                    "sender_claimed_keys": {"ed25519": session.ed25519},
+                    "forwarding_curve25519_key_chain": list(session.forwarding_chain),
+                    "room_id": session.room_id,
+                    "session_id": session.id,
+                    "session_key": session.export_session(session.first_known_index),
+                }
+            )
+        return out
+
+    def import_sessions(self, sessions: list[dict[str, Any]]) -> tuple[list[RoomKey], int]:
+        """Add exported sessions; the new ones, and how many were skipped."""
+        olm = self._olm
+        added: list[RoomKey] = []
+        skipped = 0
+        for entry in sessions:
+            try:
+                if entry.get("algorithm") != MEGOLM:
+                    raise ValueError("algorithm")
+                session = nio.crypto.Olm._import_group_session(
+                    entry["session_key"],
+                    entry["sender_claimed_keys"]["ed25519"],
+                    entry["sender_key"],
+                    entry["room_id"],
+                    list(entry.get("forwarding_curve25519_key_chain") or []),
+                )
+            except (KeyError, TypeError, ValueError):
+                session = None
+            if session is None or not olm.inbound_group_store.add(session):
+                skipped += 1
+                continue
+            olm.save_inbound_group_session(session)
+            added.append(RoomKey(session.room_id, session.id))
+        return added, skipped
 
     # ------------------------------------------------------------- sending
 
@@ -499,6 +548,13 @@ class CryptoService:
             if isinstance(period_msgs, int) and period_msgs > 0
             else DEFAULT_ROTATION_MSGS,
         )
+
+    async def devices(self, user_id: str) -> list[DeviceInfo]:
+        """A user's devices, asking the server for their keys when unknown or changed."""
+        await self._db(self.crypto.track, [user_id])
+        await self.query_keys()
+        found: list[DeviceInfo] = await self._db(self.crypto.devices, user_id)
+        return found
 
     async def encrypt(
         self, room_id: str, event_type: str, content: dict[str, Any]

@@ -7,13 +7,18 @@ readable by skiffyd; the server only ever sees ``m.room.encrypted``.
 
 from __future__ import annotations
 
+import json
+import secrets
+import stat
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from skiffyd.core import key_export
 from skiffyd.devenv.wait import wait_for
 from tests.integration.test_commands import (
     daemon_room,
+    error_code,
     peer_events,
     room_row,
     rows,
@@ -212,3 +217,53 @@ def test_keys_survive_a_kill_and_sends_stay_exactly_once(
     wait_for(all_read, timeout=60, interval=0.5, what="the peer to read every queued message")
     got = [m.body for m in peer.messages(room_id) if m.sender == user]
     assert got == bodies, "each message exactly once, in order"
+
+
+def test_devices_and_keys_export_then_import_on_a_new_device(
+    ready: Ready, make_peer: Callable[..., Peer], make_instance: Callable[..., SkiffyInstance]
+) -> None:
+    inst = ready.daemon
+    peer = make_peer(encrypted=True)
+    room_id = encrypted_room(ready, peer)
+    user = ready.account.user_id
+    text = unique("kept-by-export")
+    event_id = peer.send_text(room_id, text)
+    decrypted(inst, room_id, event_id, text)
+
+    # Devices: the daemon's own (trusted: it is this device), the peer's
+    # (its real keys, not verified).
+    own = json.loads(inst.cli_ok("devices", "--json"))
+    status = inst.status()
+    this = [d for d in own if d["own"]]
+    assert [d["device_id"] for d in this] == [status["device_id"]]
+    assert this[0]["ed25519"] == status["device_fingerprint"]
+    assert this[0]["trust"] == "verified"
+    theirs = json.loads(inst.cli_ok("devices", peer.user_id or "", "--json"))
+    peer_keys = peer.client.olm.account.identity_keys
+    assert [(d["device_id"], d["ed25519"], d["trust"]) for d in theirs] == [
+        (peer.client.device_id, peer_keys["ed25519"], "unverified")
+    ]
+
+    # Export: Element's armoured format (tests/core/test_key_export.py: nio reads it), private.
+    passphrase = secrets.token_urlsafe(12)
+    key_file = inst.root / "keys.txt"
+    inst.cli_ok("keys", "export", str(key_file), input=passphrase + "\n")
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert key_file.read_text().startswith("-----BEGIN MEGOLM SESSION DATA-----")
+    exported = json.loads(key_export.decrypt(key_file.read_text(), passphrase))
+    assert room_id in {s["room_id"] for s in exported}
+    wrong = inst.cli("keys", "import", str(key_file), input="not-the-passphrase\n")
+    assert error_code(wrong, "import with a wrong passphrase") == "SKIFFY_CRYPTO_BAD_KEY_FILE"
+
+    # A new device of the same account cannot read the old message ...
+    inst.terminate()
+    second = make_instance()
+    second.login_ready(ready.synapse.base_url, user, ready.account.password)
+    utd: dict[str, Any] = until(
+        second, "the old message, unreadable", lambda: row_with(second, room_id, event_id)
+    )
+    assert utd["body"] == "** unable to decrypt **"
+    # ... until the keys are imported.
+    out = second.cli_ok("keys", "import", str(key_file), input=passphrase + "\n")
+    assert "messages read" in out
+    decrypted(second, room_id, event_id, text)
