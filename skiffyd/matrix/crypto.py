@@ -335,9 +335,17 @@ class Crypto:
                 )
             except (KeyError, TypeError, ValueError):
                 session = None
-            if session is None or not olm.inbound_group_store.add(session):
-                skipped += 1
+            known = (
+                olm.inbound_group_store.get(session.room_id, session.sender_key, session.id)
+                if session is not None
+                else None
+            )
+            if session is None or (
+                known is not None and known.first_known_index <= session.first_known_index
+            ):
+                skipped += 1  # unusable, or nothing this device cannot already read
                 continue
+            olm.inbound_group_store.add(session)
             olm.save_inbound_group_session(session)
             added.append(RoomKey(session.room_id, session.id))
         return added, skipped
