@@ -66,6 +66,12 @@ class ErrorCode:
     MATRIX_REQUEST_FAILED = "SKIFFY_MATRIX_REQUEST_FAILED"
     #: A key file that does not open (wrong passphrase, not a key export).
     CRYPTO_BAD_KEY_FILE = "SKIFFY_CRYPTO_BAD_KEY_FILE"
+    #: No such device (its keys are not on the server) to verify.
+    CRYPTO_UNKNOWN_DEVICE = "SKIFFY_CRYPTO_UNKNOWN_DEVICE"
+    #: No verification with that transaction id (never, or long over).
+    CRYPTO_UNKNOWN_VERIFICATION = "SKIFFY_CRYPTO_UNKNOWN_VERIFICATION"
+    #: The verification is not in a state where that step is possible.
+    CRYPTO_VERIFICATION_STATE = "SKIFFY_CRYPTO_VERIFICATION_STATE"
     CACHE_WRONG_KEY = "SKIFFY_CACHE_WRONG_KEY"
     CACHE_CORRUPT = "SKIFFY_CACHE_CORRUPT"
     CACHE_UNKNOWN_ROOM = "SKIFFY_CACHE_UNKNOWN_ROOM"
@@ -377,6 +383,35 @@ class KeysImport(msgspec.Struct, tag_field="cmd", tag="keys_import", kw_only=Tru
     sessions: list[dict[str, Any]]
 
 
+class Verifications(msgspec.Struct, tag_field="cmd", tag="verifications", kw_only=True):
+    """The device verifications under way (and those just ended)."""
+
+
+class VerifyStart(msgspec.Struct, tag_field="cmd", tag="verify_start", kw_only=True):
+    """Start an emoji (SAS) verification with another device."""
+
+    user_id: str
+    device_id: str
+
+
+class VerifyAccept(msgspec.Struct, tag_field="cmd", tag="verify_accept", kw_only=True):
+    """Accept a verification another device started."""
+
+    transaction_id: str
+
+
+class VerifyConfirm(msgspec.Struct, tag_field="cmd", tag="verify_confirm", kw_only=True):
+    """The emojis (or numbers) match on both screens."""
+
+    transaction_id: str
+
+
+class VerifyCancel(msgspec.Struct, tag_field="cmd", tag="verify_cancel", kw_only=True):
+    """Stop a verification (the emojis differ, or the user changed their mind)."""
+
+    transaction_id: str
+
+
 Request = (
     Hello
     | Status
@@ -413,6 +448,11 @@ Request = (
     | Devices
     | KeysExport
     | KeysImport
+    | Verifications
+    | VerifyStart
+    | VerifyAccept
+    | VerifyConfirm
+    | VerifyCancel
 )
 COMMAND_NAMES: frozenset[str] = frozenset(str(t.__struct_config__.tag) for t in get_args(Request))
 
@@ -559,6 +599,42 @@ class DevicesResult(msgspec.Struct, tag_field="type", tag="devices", kw_only=Tru
     devices: list[DeviceInfo]
 
 
+#: requested: another device started, waiting for this one to accept;
+#: started: this device started, waiting for the other to accept;
+#: accepted: keys being exchanged; keys_exchanged: ``emojis`` and
+#: ``decimals`` are ready to compare; confirmed: this side said they match,
+#: waiting for the other; verified: done, the device is trusted from now on;
+#: canceled: see ``cancel_reason``.
+VerificationState = Literal[
+    "requested", "started", "accepted", "keys_exchanged", "confirmed", "verified", "canceled"
+]
+
+
+class Emoji(msgspec.Struct, kw_only=True):
+    emoji: str
+    #: The spec's English name (what to say aloud).
+    name: str
+
+
+class VerificationInfo(msgspec.Struct, kw_only=True):
+    transaction_id: str
+    user_id: str
+    device_id: str
+    we_started: bool
+    state: VerificationState
+    emojis: list[Emoji] = msgspec.field(default_factory=list)
+    decimals: list[int] = msgspec.field(default_factory=list)
+    cancel_reason: str | None = None
+
+
+class VerificationsResult(msgspec.Struct, tag_field="type", tag="verifications", kw_only=True):
+    verifications: list[VerificationInfo]
+
+
+class VerificationResult(msgspec.Struct, tag_field="type", tag="verification", kw_only=True):
+    verification: VerificationInfo
+
+
 class KeysExportResult(msgspec.Struct, tag_field="type", tag="keys_export", kw_only=True):
     #: Secret key material: the UI encrypts it with the user's passphrase
     #: (``skiffyd keys export`` writes Element's file format) and keeps it
@@ -628,6 +704,15 @@ class Typing(msgspec.Struct, tag_field="type", tag="typing", kw_only=True):
     user_ids: list[str]
 
 
+class VerificationUpdated(
+    msgspec.Struct, tag_field="type", tag="verification_updated", kw_only=True
+):
+    """Ephemeral: a device verification changed state (``verifications`` lists them)."""
+
+    seq: int
+    verification: VerificationInfo
+
+
 class SessionExpired(msgspec.Struct, tag_field="type", tag="session_expired", kw_only=True):
     """Ephemeral: the homeserver ended the session. ``revoked``: it was logged
     out elsewhere and the credentials are gone; else the token could not be
@@ -657,6 +742,7 @@ Event = (
     | SessionStateChanged
     | SessionExpired
     | Typing
+    | VerificationUpdated
 )
 #: Events that are stored in the change log (and so returned by ChangesSince).
 LoggedEvent = (
@@ -700,6 +786,8 @@ Result = (
     | DevicesResult
     | KeysExportResult
     | KeysImportResult
+    | VerificationsResult
+    | VerificationResult
 )
 
 
@@ -760,6 +848,7 @@ __all__ = [
     "Devices",
     "DevicesResult",
     "Edit",
+    "Emoji",
     "ErrorCode",
     "ErrorInfo",
     "Event",
@@ -829,5 +918,15 @@ __all__ = [
     "Typing",
     "Unreact",
     "UsersResult",
+    "VerificationInfo",
+    "VerificationResult",
+    "VerificationState",
+    "VerificationUpdated",
+    "Verifications",
+    "VerificationsResult",
+    "VerifyAccept",
+    "VerifyCancel",
+    "VerifyConfirm",
+    "VerifyStart",
     "export_json_schema",
 ]

@@ -304,7 +304,13 @@ class Daemon:
         # catch up by seq), new with a new cache (UIs are told to reload).
         self.instance_id = await self.db(lambda: cache.log_id)
         self.server.instance_id = self.instance_id
-        session.crypto_service = CryptoService(session.crypto, transport=transport, db=self.db)
+        session.crypto_service = CryptoService(
+            session.crypto,
+            transport=transport,
+            db=self.db,
+            publish=self.publish,
+            seq=lambda: cache.last_seq,
+        )
         session.outbox = OutboxService(
             transport=transport,
             cache=cache,
@@ -387,6 +393,11 @@ class Daemon:
             ]
         )
         self.set_state("logged_out", exc.message + " (`skiffyd login`)")
+
+    def _crypto_service(self) -> CryptoService:
+        s = self.require_session()
+        assert s.crypto_service is not None
+        return s.crypto_service
 
     async def _import_keys(self, request: wire.KeysImport) -> wire.KeysImportResult:
         s = self.require_session()
@@ -531,11 +542,10 @@ class Daemon:
                 return await self._join(request)
             case wire.Devices():
                 s = self.require_session()
-                assert s.crypto_service is not None
                 user_id = request.user_id or s.creds.user_id
                 check_user_id(user_id)
                 return wire.DevicesResult(
-                    user_id=user_id, devices=await s.crypto_service.devices(user_id)
+                    user_id=user_id, devices=await self._crypto_service().devices(user_id)
                 )
             case wire.KeysExport():
                 s = self.require_session()
@@ -544,6 +554,38 @@ class Daemon:
                 return wire.KeysExportResult(sessions=await self.db(s.crypto.export_sessions))
             case wire.KeysImport():
                 return await self._import_keys(request)
+            case wire.Verifications():
+                service = self._crypto_service()
+                return wire.VerificationsResult(verifications=await service.publish_verifications())
+            case wire.VerifyStart():
+                service = self._crypto_service()
+                check_user_id(request.user_id)
+                return wire.VerificationResult(
+                    verification=await service.verify(
+                        service.crypto.verify_start, request.user_id, request.device_id
+                    )
+                )
+            case wire.VerifyAccept():
+                service = self._crypto_service()
+                return wire.VerificationResult(
+                    verification=await service.verify(
+                        service.crypto.verify_accept, request.transaction_id
+                    )
+                )
+            case wire.VerifyConfirm():
+                service = self._crypto_service()
+                return wire.VerificationResult(
+                    verification=await service.verify(
+                        service.crypto.verify_confirm, request.transaction_id
+                    )
+                )
+            case wire.VerifyCancel():
+                service = self._crypto_service()
+                return wire.VerificationResult(
+                    verification=await service.verify(
+                        service.crypto.verify_cancel, request.transaction_id
+                    )
+                )
             case wire.ChangesSince():
                 if self.session is None:
                     return wire.ChangesResult(

@@ -561,6 +561,74 @@ def devices(
         print(f"{d.device_id}{name} {d.trust} ed25519:{d.ed25519}{own}")
 
 
+verify_app = typer.Typer(
+    help="Emoji (SAS) verification of another device; a verified device is trusted.",
+    no_args_is_help=True,
+)
+app.add_typer(verify_app, name="verify")
+
+
+def _print_verification(v: wire.VerificationInfo, as_json: bool) -> None:
+    if as_json:
+        _print_json(v)
+        return
+    print(f"{v.transaction_id} {v.user_id} {v.device_id} {v.state}")
+    if v.emojis:
+        print("  " + "  ".join(f"{e.emoji} {e.name}" for e in v.emojis))
+        print("  " + " ".join(str(n) for n in v.decimals))
+    if v.cancel_reason:
+        print(f"  canceled: {v.cancel_reason}")
+
+
+@verify_app.command("list")
+def verify_list(as_json: JsonOpt = False) -> None:
+    """Verifications under way, with the emojis to compare once they are ready."""
+    found = _request(wire.Verifications(), wire.VerificationsResult).verifications
+    if as_json:
+        _print_json(found)
+        return
+    for v in found:
+        _print_verification(v, False)
+
+
+@verify_app.command("start")
+def verify_start(
+    user: Annotated[str, typer.Argument(help="The user id")],
+    device: Annotated[str, typer.Argument(help="The device id (`skiffyd devices USER`)")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Start verifying one of USER's devices."""
+    _verify_step(wire.VerifyStart(user_id=user, device_id=device), as_json)
+
+
+def _verify_step(req: wire.Request, as_json: bool) -> None:
+    _print_verification(_request(req, wire.VerificationResult).verification, as_json)
+
+
+@verify_app.command("accept")
+def verify_accept(
+    txn: Annotated[str, typer.Argument(help="The transaction id")], as_json: JsonOpt = False
+) -> None:
+    """Accept a verification another device started."""
+    _verify_step(wire.VerifyAccept(transaction_id=txn), as_json)
+
+
+@verify_app.command("confirm")
+def verify_confirm(
+    txn: Annotated[str, typer.Argument(help="The transaction id")], as_json: JsonOpt = False
+) -> None:
+    """The emojis match on both screens: trust the device once the other side agrees."""
+    _verify_step(wire.VerifyConfirm(transaction_id=txn), as_json)
+
+
+@verify_app.command("cancel")
+def verify_cancel(
+    txn: Annotated[str, typer.Argument(help="The transaction id")], as_json: JsonOpt = False
+) -> None:
+    """Stop a verification (say so when the emojis differ)."""
+    _verify_step(wire.VerifyCancel(transaction_id=txn), as_json)
+
+
 keys_app = typer.Typer(
     help="Room keys: export and import (Element's passphrase-protected format).",
     no_args_is_help=True,
@@ -653,6 +721,9 @@ def _describe(event: wire.Event) -> str:
         case wire.Typing():
             who = ", ".join(event.user_ids) or "nobody"
             return f"-- typing in {event.room_id}: {who}"
+        case wire.VerificationUpdated(verification=v):
+            emojis = " ".join(e.emoji for e in v.emojis)
+            return f"-- verification {v.transaction_id} {v.device_id} {v.state} {emojis}".rstrip()
         case wire.MessageRemoved():
             return f"#{event.seq} removed {event.room_id} {event.event_id or event.txn_id}"
         case wire.OutboxUpdated(item=i):

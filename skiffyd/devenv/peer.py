@@ -54,6 +54,8 @@ class Peer:
         self.store_dir = store_dir
         #: Room → (session id, session key at index 0) kept back from someone.
         self._withheld: dict[str, tuple[str, str]] = {}
+        #: Verifications the other side canceled.
+        self._canceled: set[str] = set()
         self.user_id: str | None = None
         self._client: Any = None  # nio.AsyncClient, created on the loop
         self._loop = asyncio.new_event_loop()
@@ -101,6 +103,8 @@ class Peer:
             await c.keys_query()
         if c.should_claim_keys:
             await c.keys_claim(c.get_users_for_key_claiming())
+        if c.outgoing_to_device_messages:
+            await c.send_to_device_messages()  # verification steps nio queued
 
     def sync_keys(self) -> None:
         """Sync and do nio's key upkeep (encrypted peers)."""
@@ -170,6 +174,73 @@ class Peer:
 
         self._run(go())
 
+    # ----------------------------------------------------------- verification
+
+    def learn_devices(self, user_id: str) -> None:
+        """Fetch ``user_id``'s device keys (nio drops verification from unknown devices)."""
+
+        async def go() -> None:
+            self.client.olm.users_for_key_query.add(user_id)
+            await self.client.keys_query()
+
+        self._run(go())
+
+    def start_verification(self, user_id: str, device_id: str) -> str:
+        """Start an emoji verification with another device; its transaction id."""
+
+        async def go() -> str:
+            c = self.client
+            await self._crypto_round()
+            c.olm.users_for_key_query.add(user_id)
+            await c.keys_query()
+            device = c.device_store[user_id][device_id]
+            resp = await c.start_key_verification(device)
+            if not isinstance(resp, nio.ToDeviceResponse):
+                raise PeerError(f"start failed: {_describe(resp)}")
+            return str(resp.to_device_message.content["transaction_id"])
+
+        return self._run(go())
+
+    def verification(self, transaction_id: str) -> tuple[str, list[tuple[str, str]], bool]:
+        """Sync, then (nio's state name, the emojis once known, whether verified)."""
+
+        async def go() -> tuple[str, list[tuple[str, str]], bool]:
+            await self._crypto_round()
+            sas = self.client.key_verifications.get(transaction_id)
+            if transaction_id in self._canceled:
+                return ("canceled", [], False)
+            if sas is None:
+                return ("unknown", [], False)
+            emojis: list[tuple[str, str]] = []
+            if sas.established_sas is not None and not sas.canceled:
+                emojis = list(sas.get_emoji())
+            state = "canceled" if sas.canceled else sas.state.name
+            return (state, emojis, bool(sas.verified))
+
+        return self._run(go())
+
+    def accept_verification(self, transaction_id: str) -> None:
+        async def go() -> None:
+            await self._crypto_round()
+            resp = await self.client.accept_key_verification(transaction_id)
+            if not isinstance(resp, nio.ToDeviceResponse):
+                raise PeerError(f"accept failed: {_describe(resp)}")
+
+        self._run(go())
+
+    def confirm_verification(self, transaction_id: str) -> None:
+        async def go() -> None:
+            resp = await self.client.confirm_short_auth_string(transaction_id)
+            if not isinstance(resp, nio.ToDeviceResponse):
+                raise PeerError(f"confirm failed: {_describe(resp)}")
+
+        self._run(go())
+
+    def trusts(self, user_id: str, device_id: str) -> bool:
+        """Whether nio marked that device verified."""
+        device = self.client.device_store[user_id][device_id]
+        return bool(self.client.olm.is_device_verified(device))
+
     # ------------------------------------------------------------------ verbs
 
     def login(self, homeserver: str, user: str, password: str) -> str:
@@ -189,6 +260,12 @@ class Peer:
             if encrypted:
                 if client.olm is None:
                     raise PeerError("the peer's encryption store did not load")
+
+                def on_cancel(event: Any) -> None:
+                    self._canceled.add(str(event.transaction_id))
+
+                # nio forgets a verification the other side cancels: remember.
+                client.add_to_device_callback(on_cancel, nio.KeyVerificationCancel)
                 await self._crypto_round()
             return str(resp.user_id)
 
