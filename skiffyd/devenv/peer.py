@@ -103,6 +103,9 @@ class Peer:
             await c.keys_query()
         if c.should_claim_keys:
             await c.keys_claim(c.get_users_for_key_claiming())
+            # Key requests that waited for the Olm session: nio collects them
+            # only in a sync with a new token, so collect them now.
+            c.olm.collect_key_requests()
         if c.outgoing_to_device_messages:
             await c.send_to_device_messages()  # verification steps nio queued
 
@@ -117,8 +120,9 @@ class Peer:
             room_id, event_type, content, ignore_unverified_devices=True
         )
 
-    def withhold_keys_from(self, user_id: str, room_id: str) -> None:
-        """Share the room's next Megolm session with none of ``user_id``'s devices.
+    def withhold_keys_from(self, user_id: str, room_id: str, device_id: str | None = None) -> None:
+        """Share the room's next Megolm session with none of ``user_id``'s devices
+        (or only not with ``device_id``, when given).
 
         The session is made now, so its key at index 0 can still be sent
         later (:meth:`send_withheld_key`): the way a key that was delayed
@@ -130,9 +134,14 @@ class Peer:
             c = self.client
             if c.should_query_keys:
                 await c.keys_query()
-            devices = list(c.device_store.active_user_devices(user_id))
+            devices = []
+            for d in c.device_store.active_user_devices(user_id):
+                if device_id is None or d.id == device_id:
+                    devices.append(d)
+                else:
+                    c.unblacklist_device(d)  # only the one device is held back
             if not devices:
-                raise PeerError(f"the peer knows no devices of {user_id}")
+                raise PeerError(f"the peer knows no such device of {user_id}")
             for device in devices:
                 c.blacklist_device(device)
             c.olm.create_outbound_group_session(room_id)
@@ -175,6 +184,25 @@ class Peer:
         self._run(go())
 
     # ----------------------------------------------------------- verification
+
+    def request_key(self, room_id: str, event_id: str) -> None:
+        """Ask the account's own other devices for the key of an undecryptable event."""
+
+        async def go() -> None:
+            c = self.client
+            await self._crypto_round()
+            resp = await c.room_get_event(room_id, event_id)
+            event = getattr(resp, "event", None)
+            if not isinstance(event, nio.MegolmEvent):
+                raise PeerError(f"{event_id} is not an undecryptable event here")
+            # Not request_room_key: it refuses when nio already asked the
+            # sender on its own (its "wedged session" rule); ask our devices.
+            message = event.as_key_request(c.user_id, c.device_id)
+            answer = await c.to_device(message)
+            if not isinstance(answer, nio.ToDeviceResponse):
+                raise PeerError(f"key request failed: {_describe(answer)}")
+
+        self._run(go())
 
     def learn_devices(self, user_id: str) -> None:
         """Fetch ``user_id``'s device keys (nio drops verification from unknown devices)."""

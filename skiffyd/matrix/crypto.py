@@ -140,6 +140,8 @@ class Crypto:
         self._rotation: dict[str, tuple[int, int]] = {}
         #: Verification starts from devices whose keys are being fetched.
         self._waiting_starts: list[Any] = []
+        #: Megolm sessions asked of the account's own devices in this run.
+        self._key_requests: set[str] = set()
 
     @classmethod
     def load(
@@ -273,6 +275,7 @@ class Crypto:
         try:
             plain = self._olm.decrypt_megolm_event(megolm, room_id)
         except nio.EncryptionError:
+            self._request_key(room_id, megolm)
             return None
         if isinstance(plain, (nio.BadEvent, nio.UnknownBadEvent)):
             return None
@@ -288,6 +291,23 @@ class Crypto:
             origin_server_ts=ev.origin_server_ts,
             unsigned=unsigned,
         )
+
+    def _request_key(self, room_id: str, megolm: Any) -> None:
+        """Ask the account's own devices for a missing key, once per session.
+
+        Only they answer (and only once they trust this device); a forwarded
+        key is accepted only for a session asked for here (nio's rules).
+        """
+        olm = self._olm
+        session_id = megolm.session_id
+        if (
+            olm.inbound_group_store.get(room_id, megolm.sender_key, session_id) is not None
+            or session_id in olm.outgoing_key_requests
+            or session_id in self._key_requests
+        ):
+            return  # the key is there (a bad message, not a missing key), or asked
+        self._key_requests.add(session_id)
+        olm.outgoing_to_device_messages.append(megolm.as_key_request(self.user_id, self.device_id))
 
     def has_session(self, room_id: str, sender_key: str, session_id: str) -> bool:
         return self._olm.inbound_group_store.get(room_id, sender_key, session_id) is not None
@@ -318,8 +338,18 @@ class Crypto:
     def missing_sessions(self, users: Iterable[str]) -> dict[str, list[str]]:
         return dict(self._olm.get_missing_sessions(list(users)))
 
+    def devices_to_claim(self) -> dict[str, list[str]]:
+        """Devices needing a new Olm session: wedged ones, or ones whose key
+        request waits for a session to answer on."""
+        olm = self._olm
+        if not (olm.wedged_devices or olm.key_request_devices_no_session):
+            return {}
+        return dict(olm.get_users_for_key_claiming())
+
     def keys_claimed(self, answer: dict[str, Any]) -> None:
         self._olm.handle_response(_checked(nio.KeysClaimResponse.from_dict(answer), "keys claim"))
+        # Key requests that waited for an Olm session can be answered now.
+        self._olm.collect_key_requests()
 
     def devices(self, user_id: str) -> list[DeviceInfo]:
         """The user's current devices as the machine knows them (ask the server first)."""
@@ -607,6 +637,7 @@ class CryptoService:
                 await self.upload_keys()
                 self.keys_uploaded = True
                 await self.query_keys()
+                await self.claim_keys()
                 await self.send_to_device()
                 await self.publish_verifications()
             except MatrixError as exc:
@@ -638,8 +669,13 @@ class CryptoService:
             )
             await self._db(self.crypto.keys_queried, answer)
 
-    async def claim_keys(self, users: Iterable[str]) -> None:
-        missing = await self._db(self.crypto.missing_sessions, list(users))
+    async def claim_keys(self, users: Iterable[str] | None = None) -> None:
+        """One-time keys for Olm sessions: with these users' devices, or, without
+        users, with the devices nio needs one for (key requests, wedged)."""
+        if users is None:
+            missing = await self._db(self.crypto.devices_to_claim)
+        else:
+            missing = await self._db(self.crypto.missing_sessions, list(users))
         if not missing:
             return
         answer = await self._post(

@@ -267,3 +267,62 @@ def test_devices_and_keys_export_then_import_on_a_new_device(
     out = second.cli_ok("keys", "import", str(key_file), input=passphrase + "\n")
     assert "messages read" in out
     decrypted(second, room_id, event_id, text)
+
+
+def verify_mutually(inst: SkiffyInstance, own: Peer, user: str) -> None:
+    """The account's other device (nio) and skiffyd verify each other by emojis."""
+    my_device = inst.status()["device_id"]
+    txn = own.start_verification(user, my_device)
+    until(inst, "the request", lambda: verification_state(inst, txn) == "requested")
+    inst.cli_ok("verify", "accept", txn)
+    wait_for(lambda: own.verification(txn)[1], timeout=30, interval=0.3, what="the emojis (nio)")
+    until(inst, "the emojis", lambda: verification_state(inst, txn) == "keys_exchanged")
+    inst.cli_ok("verify", "confirm", txn)
+    own.confirm_verification(txn)
+    until(inst, "verified", lambda: verification_state(inst, txn) == "verified")
+    wait_for(lambda: own.verification(txn)[2], timeout=30, interval=0.3, what="nio verified")
+
+
+def verification_state(inst: SkiffyInstance, txn: str) -> str | None:
+    found = json.loads(inst.cli_ok("verify", "list", "--json"))
+    return next((v["state"] for v in found if v["transaction_id"] == txn), None)
+
+
+def test_own_verified_devices_share_keys_both_ways(
+    ready: Ready, make_peer: Callable[..., Peer]
+) -> None:
+    inst = ready.daemon
+    user = ready.account.user_id
+    peer = make_peer(encrypted=True)
+    own = make_peer(account=ready.account, encrypted=True)  # the account's second device
+    room_id = encrypted_room(ready, peer)
+    verify_mutually(inst, own, user)
+    my_device = inst.status()["device_id"]
+    own_device = own.client.device_id
+
+    # A message whose key went only to the other device: skiffyd asks its own
+    # devices, the verified one answers with a forwarded key.
+    peer.withhold_keys_from(user, room_id, my_device)
+    first = unique("forwarded-to-skiffyd")
+    first_id = peer.send_text(room_id, first)
+    until(inst, "the message, unreadable", lambda: row_with(inst, room_id, first_id))
+
+    def read_by_skiffyd() -> bool:
+        own.sync_keys()  # the request arrives; nio answers it
+        row = row_with(inst, room_id, first_id)
+        return bool(row and row["body"] == first)
+
+    wait_for(read_by_skiffyd, timeout=60, interval=0.5, what="the forwarded key read")
+
+    # The other way: a key only skiffyd got; the other device asks for it.
+    peer.withhold_keys_from(user, room_id, own_device)
+    second = unique("forwarded-by-skiffyd")
+    second_id = peer.send_text(room_id, second)
+    decrypted(inst, room_id, second_id, second)
+    own.sync_keys()
+    own.request_key(room_id, second_id)
+
+    def read_by_own() -> bool:
+        return second in [m.body for m in own.messages(room_id)]
+
+    wait_for(read_by_own, timeout=60, interval=0.5, what="skiffyd to answer the key request")
