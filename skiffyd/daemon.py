@@ -795,7 +795,15 @@ class Daemon:
 
     async def join_room(self, s: AccountSession, room: str) -> str:
         room_id = await matrix_session.join(s.transport, room)
-        self.publish(await self.db(s.cache.note_joined, room_id))
+        # Known encrypted at once, not at the next sync: a message sent
+        # right after the join must not go out in plaintext.
+        encrypted = False
+        if s.crypto_service is not None:
+            try:
+                encrypted = await s.crypto_service.room_encryption(room_id)
+            except MatrixError as exc:
+                log.info("join.encryption_unknown", code=exc.code)
+        self.publish(await self.db(lambda: s.cache.note_joined(room_id, encrypted=encrypted)))
         return room_id
 
 

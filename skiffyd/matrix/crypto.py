@@ -747,8 +747,11 @@ class CryptoService:
         return users
 
     async def _learn_rotation(self, room_id: str) -> None:
-        if await self._db(self.crypto.knows_rotation, room_id):
-            return
+        if not await self._db(self.crypto.knows_rotation, room_id):
+            await self.room_encryption(room_id)
+
+    async def room_encryption(self, room_id: str) -> bool:
+        """Ask the server whether the room is encrypted; learn its rotation settings."""
         try:
             data = await self._transport.request(
                 "GET", f"/_matrix/client/v3/rooms/{_q(room_id)}/state/m.room.encryption/"
@@ -768,6 +771,7 @@ class CryptoService:
             if isinstance(period_msgs, int) and period_msgs > 0
             else DEFAULT_ROTATION_MSGS,
         )
+        return isinstance(content.get("algorithm"), str)
 
     async def devices(self, user_id: str) -> list[DeviceInfo]:
         """A user's devices, asking the server for their keys when unknown or changed."""

@@ -326,3 +326,39 @@ def test_own_verified_devices_share_keys_both_ways(
         return second in [m.body for m in own.messages(room_id)]
 
     wait_for(read_by_own, timeout=60, interval=0.5, what="skiffyd to answer the key request")
+
+
+def test_join_a_room_someone_else_encrypted_and_send_at_once(
+    ready: Ready, make_peer: Callable[..., Peer]
+) -> None:
+    inst = ready.daemon
+    peer = make_peer(encrypted=True)
+    user = ready.account.user_id
+    room_id = peer.create_room_with(
+        {
+            "preset": "public_chat",  # joinable by anyone: no invite state to learn from
+            "initial_state": [
+                {
+                    "type": "m.room.encryption",
+                    "state_key": "",
+                    "content": {"algorithm": "m.megolm.v1.aes-sha2"},
+                }
+            ],
+        }
+    )
+    inst.cli_ok("join", room_id)
+    # At once: before any sync could have told the cache of the encryption.
+    secret = unique("right-after-join")
+    inst.send(room_id, secret)
+    wait_outbox_empty(inst)
+    ours = [e for e in peer.events(room_id) if e.get("sender") == user and "state_key" not in e]
+    assert [e["type"] for e in ours] == ["m.room.encrypted"]
+    assert secret not in json.dumps(ours)
+    wait_for(
+        lambda: secret in [m.body for m in peer.messages(room_id)],
+        timeout=30,
+        interval=0.5,
+        what="the peer to read it",
+    )
+    text = unique("to-the-joiner")
+    decrypted(inst, room_id, peer.send_text(room_id, text), text)
