@@ -28,6 +28,7 @@ import urllib.parse
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import nio
+from nio.crypto.sas import Sas
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Iterable, Sequence
@@ -56,6 +57,8 @@ class Peer:
         self._withheld: dict[str, tuple[str, str]] = {}
         #: Verifications the other side canceled.
         self._canceled: set[str] = set()
+        #: To-device events nio has no class for, as received.
+        self.to_device_seen: list[dict[str, Any]] = []
         self.user_id: str | None = None
         self._client: Any = None  # nio.AsyncClient, created on the loop
         self._loop = asyncio.new_event_loop()
@@ -204,6 +207,46 @@ class Peer:
 
         self._run(go())
 
+    def request_verification(self, user_id: str, device_id: str) -> str:
+        """Begin as current clients do: ``m.key.verification.request`` (nio cannot)."""
+
+        async def go() -> str:
+            c = self.client
+            txn = secrets.token_hex(12)
+            content = {
+                "from_device": c.device_id,
+                "methods": ["m.sas.v1"],
+                "timestamp": int(time.time() * 1000),
+                "transaction_id": txn,
+            }
+            message = nio.ToDeviceMessage("m.key.verification.request", user_id, device_id, content)
+            resp = await c.to_device(message)
+            if not isinstance(resp, nio.ToDeviceResponse):
+                raise PeerError(f"request failed: {_describe(resp)}")
+            return txn
+
+        return self._run(go())
+
+    def start_requested(self, user_id: str, device_id: str, transaction_id: str) -> None:
+        """After the other side's ``ready``: the SAS ``start`` under the request's id."""
+
+        async def go() -> None:
+            c = self.client
+            device = c.device_store[user_id][device_id]
+            sas = Sas(
+                c.user_id,
+                c.device_id,
+                c.olm.account.identity_keys["ed25519"],
+                device,
+                transaction_id=transaction_id,
+            )
+            c.olm.key_verifications[transaction_id] = sas
+            resp = await c.to_device(sas.start_verification())
+            if not isinstance(resp, nio.ToDeviceResponse):
+                raise PeerError(f"start failed: {_describe(resp)}")
+
+        self._run(go())
+
     def learn_devices(self, user_id: str) -> None:
         """Fetch ``user_id``'s device keys (nio drops verification from unknown devices)."""
 
@@ -294,6 +337,12 @@ class Peer:
 
                 # nio forgets a verification the other side cancels: remember.
                 client.add_to_device_callback(on_cancel, nio.KeyVerificationCancel)
+
+                def on_unknown(event: Any) -> None:
+                    self.to_device_seen.append(dict(event.source))
+
+                # What nio does not speak (m.key.verification.ready, done).
+                client.add_to_device_callback(on_unknown, nio.UnknownToDeviceEvent)
                 await self._crypto_round()
             return str(resp.user_id)
 

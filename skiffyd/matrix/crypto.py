@@ -45,27 +45,18 @@ import msgspec
 import nio
 import structlog
 import trio
-from nio.crypto.sas import SasState
 from nio.store import SqliteStore
 
-from ipc_schema import (
-    DeviceInfo,
-    DeviceTrust,
-    Emoji,
-    ErrorCode,
-    VerificationInfo,
-    VerificationState,
-    VerificationUpdated,
-)
+from ipc_schema import DeviceInfo, DeviceTrust, VerificationInfo, VerificationUpdated
 from skiffyd.core.wire import ClientEvent
 from skiffyd.errors import (
     BadResponseError,
     DaemonError,
     MatrixError,
     RequestFailedError,
-    SkiffyError,
 )
 from skiffyd.matrix.transport import decode
+from skiffyd.matrix.verification import Verifications
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -99,34 +90,6 @@ def _checked(response: Any, what: str) -> Any:
     return response
 
 
-def _verification_info(transaction_id: str, sas: Any) -> VerificationInfo:
-    state: VerificationState
-    emojis: list[Emoji] = []
-    decimals: list[int] = []
-    if sas.canceled:
-        state = "canceled"
-    elif sas.verified:
-        state = "verified"
-    elif sas.state in (SasState.key_received, SasState.mac_received) and sas.established_sas:
-        state = "confirmed" if sas.sas_accepted else "keys_exchanged"
-        emojis = [Emoji(emoji=e, name=n) for e, n in sas.get_emoji()]
-        decimals = list(sas.get_decimals())
-    elif sas.state == SasState.accepted:
-        state = "accepted"
-    else:
-        state = "started" if sas.we_started_it else "requested"
-    return VerificationInfo(
-        transaction_id=transaction_id,
-        user_id=sas.other_olm_device.user_id,
-        device_id=sas.other_olm_device.id,
-        we_started=bool(sas.we_started_it),
-        state=state,
-        emojis=emojis,
-        decimals=decimals,
-        cancel_reason=sas.cancel_reason if sas.canceled else None,
-    )
-
-
 class Crypto:
     """nio's Olm machine. Blocking: call it on the cache thread only."""
 
@@ -138,8 +101,7 @@ class Crypto:
         self._members: dict[str, set[str]] = {}
         #: Rotation settings per room (from m.room.encryption).
         self._rotation: dict[str, tuple[int, int]] = {}
-        #: Verification starts from devices whose keys are being fetched.
-        self._waiting_starts: list[Any] = []
+        self.verification = Verifications(self._olm, user_id=self.user_id, device_id=self.device_id)
         #: Megolm sessions asked of the account's own devices in this run.
         self._key_requests: set[str] = set()
 
@@ -204,17 +166,14 @@ class Crypto:
         olm = self._olm
         keys: list[RoomKey] = []
         for raw in to_device:
+            if self.verification.on_raw(raw):
+                continue  # the request step of a verification (nio lacks it)
             event = nio.ToDeviceEvent.parse_event(raw)
             if event is None or isinstance(event, (nio.BadEvent, nio.UnknownBadEvent)):
                 log.info("crypto.to_device_ignored", type=raw.get("type"))
                 continue
-            if isinstance(event, nio.KeyVerificationStart) and not self._knows(
-                event.sender, event.from_device
-            ):
-                # nio drops a start from a device it has no keys for: keep
-                # it until the keys are fetched (keys_queried), then handle it.
-                self._waiting_starts.append(event)
-                olm.users_for_key_query.add(event.sender)
+            if isinstance(event, nio.KeyVerificationStart):
+                self.verification.on_start(event)
                 continue
             try:
                 decrypted = olm.handle_to_device_event(event)
@@ -226,6 +185,7 @@ class Crypto:
         # Key requests from the account's own verified devices are answered
         # (queued as to-device messages); others are left unanswered.
         olm.collect_key_requests()
+        self.verification.settle()
         # Someone's devices changed: ask again before the next share. Only
         # users the machine tracks matter; the rest are asked when needed.
         olm.add_changed_users({u for u in changed if u in olm.tracked_users})
@@ -324,16 +284,7 @@ class Crypto:
 
     def keys_queried(self, answer: dict[str, Any]) -> None:
         self._olm.handle_response(_checked(nio.KeysQueryResponse.from_dict(answer), "keys query"))
-        waiting, self._waiting_starts = self._waiting_starts, []
-        for start in waiting:
-            if self._knows(start.sender, start.from_device):
-                self._olm.handle_key_verification(start)
-            else:
-                log.info("crypto.verification_from_unknown_device")
-
-    def _knows(self, user_id: str, device_id: str) -> bool:
-        store = self._olm.device_store
-        return user_id in store.users and device_id in store.devices(user_id)
+        self.verification.keys_known()
 
     def missing_sessions(self, users: Iterable[str]) -> dict[str, list[str]]:
         return dict(self._olm.get_missing_sessions(list(users)))
@@ -395,81 +346,19 @@ class Crypto:
     # -------------------------------------------------------- verification
 
     def verifications(self) -> list[VerificationInfo]:
-        """Every SAS verification nio holds (timed-out ones canceled first)."""
-        olm = self._olm
-        olm.clear_verifications()  # queues cancellations for timed-out ones
-        return sorted(
-            (_verification_info(txn, sas) for txn, sas in olm.key_verifications.items()),
-            key=lambda v: v.transaction_id,
-        )
-
-    def _sas(self, transaction_id: str) -> Any:
-        sas = self._olm.key_verifications.get(transaction_id)
-        if sas is None:
-            raise SkiffyError(
-                "no verification with that transaction id",
-                code=ErrorCode.CRYPTO_UNKNOWN_VERIFICATION,
-                details={"transaction_id": transaction_id},
-            )
-        return sas
+        return self.verification.infos()
 
     def verify_start(self, user_id: str, device_id: str) -> VerificationInfo:
-        olm = self._olm
-        device = next(
-            (d for d in olm.device_store.active_user_devices(user_id) if d.id == device_id), None
-        )
-        if device is None or (user_id == self.user_id and device_id == self.device_id):
-            raise SkiffyError(
-                "no such device to verify (see `skiffyd devices USER`)",
-                code=ErrorCode.CRYPTO_UNKNOWN_DEVICE,
-                details={"user_id": user_id, "device_id": device_id},
-            )
-        message = olm.create_sas(device)
-        olm.outgoing_to_device_messages.append(message)
-        txn = str(message.content["transaction_id"])
-        return _verification_info(txn, olm.key_verifications[txn])
-
-    def _step(self, transaction_id: str, step: Callable[[Any], Any]) -> VerificationInfo:
-        sas = self._sas(transaction_id)
-        try:
-            message = step(sas)
-        except nio.LocalProtocolError as exc:
-            raise SkiffyError(
-                f"not possible now: {exc}",
-                code=ErrorCode.CRYPTO_VERIFICATION_STATE,
-                details={"transaction_id": transaction_id},
-            ) from exc
-        if message is not None:
-            self._olm.outgoing_to_device_messages.append(message)
-        if sas.verified:
-            self._olm.verify_device(sas.other_olm_device)
-        return _verification_info(transaction_id, sas)
+        return self.verification.start(user_id, device_id)
 
     def verify_accept(self, transaction_id: str) -> VerificationInfo:
-        def accept(sas: Any) -> Any:
-            if sas.we_started_it or sas.state != SasState.started:
-                raise nio.LocalProtocolError("only a verification another device started")
-            return sas.accept_verification()
-
-        return self._step(transaction_id, accept)
+        return self.verification.accept(transaction_id)
 
     def verify_confirm(self, transaction_id: str) -> VerificationInfo:
-        def confirm(sas: Any) -> Any:
-            if sas.canceled or sas.sas_accepted:
-                raise nio.LocalProtocolError("it is over or already confirmed")
-            sas.accept_sas()  # refuses before the keys were exchanged
-            return sas.get_mac()
-
-        return self._step(transaction_id, confirm)
+        return self.verification.confirm(transaction_id)
 
     def verify_cancel(self, transaction_id: str) -> VerificationInfo:
-        def cancel(sas: Any) -> Any:
-            if sas.canceled or sas.verified:
-                return None
-            sas.cancel()
-            return sas.get_cancellation()
-
-        return self._step(transaction_id, cancel)
+        return self.verification.cancel(transaction_id)
 
     # --------------------------------------------------------- key backup
 

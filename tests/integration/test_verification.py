@@ -139,3 +139,65 @@ def test_skiffyd_starts_then_cancels_when_the_emojis_differ(
     assert error_code(unknown, "an unknown txn") == "SKIFFY_CRYPTO_UNKNOWN_VERIFICATION"
     nodev = inst.cli("verify", "start", peer.user_id or "", "NOSUCHDEVICE")
     assert error_code(nodev, "an unknown device") == "SKIFFY_CRYPTO_UNKNOWN_DEVICE"
+
+
+def test_a_request_first_verification_as_current_clients_begin_it(
+    ready: Ready, make_peer: Callable[..., Peer]
+) -> None:
+    """request → ready → start → … → done: the flow Element uses (played by nio plus raw
+    to-device messages, since nio itself starts without a request)."""
+    inst = ready.daemon
+    peer = make_peer(encrypted=True)
+    me, my_device = ready.account.user_id, inst.status()["device_id"]
+    peer.learn_devices(me)
+    txn = peer.request_verification(me, my_device)
+    asked = in_state(inst, txn, "requested")
+    assert (asked["device_id"], asked["we_started"]) == (peer.client.device_id, False)
+    inst.cli_ok("verify", "accept", txn)
+
+    def got(kind: str) -> dict[str, Any] | None:
+        peer.sync_keys()
+        return next(
+            (
+                e
+                for e in peer.to_device_seen
+                if e.get("type") == kind and e["content"].get("transaction_id") == txn
+            ),
+            None,
+        )
+
+    ready_event: dict[str, Any] = wait_for(
+        lambda: got("m.key.verification.ready"), timeout=30, interval=0.3, what="ready"
+    )
+    assert ready_event["content"]["from_device"] == my_device
+    assert ready_event["content"]["methods"] == ["m.sas.v1"]
+    # The requester starts; skiffyd accepts that start on its own (the user
+    # accepted the request already).
+    peer.start_requested(me, my_device, txn)
+    emojis = peer_emojis(peer, txn)
+    ours = in_state(inst, txn, "keys_exchanged")
+    assert [(e["emoji"], e["name"]) for e in ours["emojis"]] == emojis
+    inst.cli_ok("verify", "confirm", txn)
+    peer.confirm_verification(txn)
+    in_state(inst, txn, "verified")
+    wait_for(lambda: got("m.key.verification.done"), timeout=30, interval=0.3, what="done")
+    assert peer.verification(txn)[2]
+
+
+def test_a_request_can_be_declined(ready: Ready, make_peer: Callable[..., Peer]) -> None:
+    inst = ready.daemon
+    peer = make_peer(encrypted=True)
+    me, my_device = ready.account.user_id, inst.status()["device_id"]
+    peer.learn_devices(me)
+    txn = peer.request_verification(me, my_device)
+    in_state(inst, txn, "requested")
+    inst.cli_ok("verify", "cancel", txn)
+    assert in_state(inst, txn, "canceled")["cancel_reason"]
+    wait_for(
+        lambda: peer.verification(txn)[0] == "canceled",
+        timeout=30,
+        interval=0.3,
+        what="the peer to get the cancel",
+    )
+    again = inst.cli("verify", "accept", txn)
+    assert error_code(again, "accept a declined request") == "SKIFFY_CRYPTO_VERIFICATION_STATE"
