@@ -783,6 +783,7 @@ class Daemon:
                 publish=self.publish,
                 room_id=request.room_id,
                 limit=limit,
+                decrypt=s.crypto.decrypt if s.crypto is not None else None,
             )
         return wire.BackfillResult(
             added=outcome.added, fetched=outcome.fetched, reached_start=outcome.reached_start

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from ipc_schema import LoggedEvent
     from skiffyd.cache import Cache
+    from skiffyd.core.timeline import Decrypt
     from skiffyd.matrix.transport import Transport
 
 #: The most events asked for in one /messages page.
@@ -78,6 +79,7 @@ async def backfill(
     publish: Callable[[Sequence[LoggedEvent]], None],
     room_id: str,
     limit: int,
+    decrypt: Decrypt | None = None,
 ) -> BackfillOutcome:
     outcome = BackfillOutcome()
     while outcome.fetched < limit:
@@ -88,7 +90,9 @@ async def backfill(
         page = await fetch_page(
             transport, room_id, gap.token, min(PAGE_LIMIT, limit - outcome.fetched)
         )
-        items = [classify(room_id, ev) for ev in page.chunk]
+        # Classified (and decrypted) as the cache stores them, on its thread:
+        # every call into the crypto machine runs there.
+        items = (classify(room_id, ev, decrypt) for ev in page.chunk)
         events, added, closed = await db(
             cache.apply_backfill, gap, items, _members(page), page.end if page.chunk else None
         )

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from skiffyd.core import key_export
+from skiffyd.devenv.peer import q
 from skiffyd.devenv.wait import wait_for
 from tests.integration.test_commands import (
     daemon_room,
@@ -362,3 +363,77 @@ def test_join_a_room_someone_else_encrypted_and_send_at_once(
     )
     text = unique("to-the-joiner")
     decrypted(inst, room_id, peer.send_text(room_id, text), text)
+
+
+def test_encrypted_history_backfills_decrypted(
+    ready: Ready, make_peer: Callable[..., Peer]
+) -> None:
+    inst = ready.daemon
+    peer = make_peer(encrypted=True)
+    room_id = encrypted_room(ready, peer)
+    inst.terminate()  # while it is away, more than one sync's timeline arrives
+    bodies = [unique(f"old-{i:02d}") for i in range(70)]
+    for body in bodies:
+        peer.send_text(room_id, body)
+    inst.start()
+    until(
+        inst, "the newest message", lambda: bodies[-1] in {m["body"] for m in rows(inst, room_id)}
+    )
+    assert bodies[0] not in {m["body"] for m in rows(inst, room_id)}, "no gap: nothing to test"
+    inst.cli_ok("backfill", room_id, "--limit", "500")
+    shown = [m["body"] for m in rows(inst, room_id) if m["body"].startswith("old-")]
+    assert shown == bodies
+    assert all(m["encrypted"] for m in rows(inst, room_id) if m["body"] in bodies)
+
+
+def test_a_member_leaving_rotates_the_room_key(
+    ready: Ready, make_peer: Callable[..., Peer]
+) -> None:
+    inst = ready.daemon
+    user = ready.account.user_id
+    peer = make_peer(encrypted=True)
+    other = make_peer(encrypted=True)
+    room_id = encrypted_room(ready, peer)
+    inst.cli_ok("invite", room_id, other.user_id or "")
+    wait_for(lambda: room_id in other.invites(), timeout=30, interval=0.2, what="the invite")
+    other.join(room_id)
+
+    def sessions() -> list[str]:
+        return [
+            e["content"]["session_id"]
+            for e in peer.events(room_id)
+            if e.get("sender") == user and e["type"] == "m.room.encrypted"
+        ]
+
+    until(
+        inst,
+        "the other member in the cache",
+        lambda: any(
+            m["user_id"] == other.user_id and m["membership"] == "join"
+            for m in json.loads(inst.cli_ok("members", room_id, "--json"))
+        ),
+    )
+    inst.send(room_id, unique("both-read-this"))
+    inst.send(room_id, unique("both-read-this-too"))
+    wait_outbox_empty(inst)
+    first, second = sessions()
+    assert first == second  # one session while nobody leaves
+    other.request_ok("POST", f"/_matrix/client/v3/rooms/{q(room_id)}/leave", {})
+    until(
+        inst,
+        "the leave in the cache",
+        lambda: any(
+            m["user_id"] == other.user_id and m["membership"] == "leave"
+            for m in json.loads(inst.cli_ok("members", room_id, "--json", "--all"))
+        ),
+    )
+    after = unique("only-peer-reads-this")
+    inst.send(room_id, after)
+    wait_outbox_empty(inst)
+    assert sessions()[-1] != first, "the session was not rotated after the leave"
+    wait_for(
+        lambda: after in [m.body for m in peer.messages(room_id)],
+        timeout=30,
+        interval=0.5,
+        what="the remaining member to read the new session",
+    )
