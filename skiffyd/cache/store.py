@@ -78,6 +78,10 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
     from pathlib import Path
 
+#: The lengths IN lists are padded to (see :meth:`Cache._in`).
+_IN_SIZES = (4, 16, 64, 256)
+_IN_MARKS = {n: ", ".join("?" * n) for n in _IN_SIZES}
+
 #: How many change-log rows are kept. A UI that asks for an older seq is told
 #: to reload (``reset``). Trimmed in bulk, not per write.
 CHANGELOG_RETENTION = 100_000
@@ -309,6 +313,13 @@ class _Work:
     added: list[int]
     touched_targets: set[str]
     rooms: dict[str, dict[str, Any] | None]  # room row before the transaction
+    #: Room rows as they are now, read once and written once at the end
+    #: (:meth:`Cache._finish`); None: no such room.
+    current: dict[str, dict[str, Any] | None] = dataclasses.field(default_factory=dict)
+    #: The stored m.direct map as room id -> user, read once (None: not yet).
+    direct_by_room: dict[str, str] | None = None
+    #: The highest message ord handed out so far (None: not read yet).
+    last_ord: int | None = None
     #: Rows that changed outside their display (a local echo reconciled).
     changed: set[int] = dataclasses.field(default_factory=set)
     #: Outbox items that sync showed delivered.
@@ -505,12 +516,25 @@ class Cache:
         )
         return None if row is None else dict(zip(_ROOM_COLUMNS, row, strict=True))
 
+    def _current_room(self, work: _Work, room_id: str) -> dict[str, Any] | None:
+        """The room's row as this transaction has it: read once, then kept in ``work``."""
+        if room_id in work.current:
+            return work.current[room_id]
+        row = self._room_row(room_id)
+        work.current[room_id] = row
+        return row
+
     def _remember_room(self, work: _Work, room_id: str) -> dict[str, Any]:
-        """The room's row now, remembering how it was when the transaction began."""
-        current = self._room_row(room_id)
+        """The room's row now, remembering how it was when the transaction began.
+
+        Changes go to the returned dict; :meth:`_finish` writes it once.
+        """
+        current = self._current_room(work, room_id)
         if room_id not in work.rooms:
             work.rooms[room_id] = None if current is None else dict(current)
-        return current if current is not None else dict(_EMPTY_ROOM, room_id=room_id)
+        if current is None:
+            current = work.current[room_id] = dict(_EMPTY_ROOM, room_id=room_id)
+        return current
 
     def _write_room(self, row: dict[str, Any]) -> None:
         self._conn.execute(
@@ -527,18 +551,17 @@ class Cache:
             elif key == "is_encrypted":
                 value = int(bool(value) or bool(current["is_encrypted"]))
             current[key] = value
-        self._write_room(current)
 
     def _derive_room(self, row: dict[str, Any]) -> None:
         """Display name and unread count, from the room's stored inputs."""
         heroes = json.loads(row["heroes"]) if row["heroes"] else None
         hero_names: dict[str, str] = {}
         if heroes:
-            marks = ", ".join("?" * len(heroes[:5]))
-            for user_id, name in self._all(
-                f"SELECT user_id, display_name FROM members WHERE room_id = ? "
-                f"AND user_id IN ({marks}) AND display_name IS NOT NULL",
-                (row["room_id"], *heroes[:5]),
+            for user_id, name in self._in(
+                "SELECT user_id, display_name FROM members WHERE room_id = ? "
+                "AND user_id IN ({marks}) AND display_name IS NOT NULL",
+                heroes[:5],
+                row["room_id"],
             ):
                 hero_names[user_id] = name
         row["display_name"] = room_display_name(
@@ -579,10 +602,15 @@ class Cache:
             r[0]: r[1]
             for r in self._all("SELECT room_id, direct_user FROM rooms WHERE is_direct = 1")
         }
-        for room_id in set(current) - set(wanted):
+        # Rows this transaction changed are not written yet: theirs is the word.
+        for room_id, row in work.current.items():
+            current.pop(room_id, None)
+            if row is not None and row["is_direct"]:
+                current[room_id] = row["direct_user"]
+        for room_id in sorted(set(current) - set(wanted)):
             self._patch_room(work, room_id, {"is_direct": 0, "direct_user": None})
         for room_id, user in wanted.items():
-            if current.get(room_id) != user and self._room_row(room_id) is not None:
+            if current.get(room_id) != user and self._current_room(work, room_id) is not None:
                 self._patch_room(work, room_id, {"is_direct": 1, "direct_user": user})
         self._conn.execute(
             "INSERT INTO meta(key, value) VALUES ('m.direct', ?) "
@@ -592,26 +620,36 @@ class Cache:
 
     def _apply_room_sync(self, events: list[LoggedEvent], work: _Work, room: RoomSync) -> None:
         room_id = room.room_id
-        was_known = self._room_row(room_id) is not None
-        changes = dict(room.changes)
+        was_known = self._current_room(work, room_id) is not None
+        changes = room.changes
         if not was_known:
             # A room that shows up after m.direct named it is a direct chat.
-            direct = self._scalar("SELECT value FROM meta WHERE key = 'm.direct'")
-            if direct:
-                for user, rooms in json.loads(direct).items():
-                    if room_id in rooms:
-                        changes["is_direct"], changes["direct_user"] = 1, user
+            if work.direct_by_room is None:
+                direct = self._scalar("SELECT value FROM meta WHERE key = 'm.direct'")
+                work.direct_by_room = {
+                    r: user
+                    for user, rooms in (json.loads(direct) if direct else {}).items()
+                    for r in rooms
+                }
+            user = work.direct_by_room.get(room_id)
+            if user is not None:
+                changes = dict(changes, is_direct=1, direct_user=user)
         self._patch_room(work, room_id, changes)
         self._upsert_members(events, room_id, room.members)
-        had_rows = self._scalar("SELECT 1 FROM messages WHERE room_id = ? LIMIT 1", (room_id,))
-        first_new: tuple[int, str] | None = None
-        latest_before = self._one(
-            "SELECT event_id FROM messages WHERE room_id = ? AND event_id IS NOT NULL "
-            "ORDER BY pos DESC LIMIT 1",
+        # The room's newest row: whether it has rows, where new ones go, and
+        # (when it is not a pending echo) the event a gap would follow.
+        top = self._one(
+            "SELECT pos, event_id FROM messages WHERE room_id = ? ORDER BY pos DESC LIMIT 1",
             (room_id,),
         )
+        had_rows = top is not None
+        latest_before = None if top is None else top[1]
+        if top is not None and latest_before is None:
+            latest_before = self.latest_event_id(room_id)
         saw_create = any(item.type == "m.room.create" for item in room.items)
-        first_new = self._store_batch(work, room_id, room.items)
+        first_new = self._store_batch(
+            work, room_id, room.items, next_pos=None if top is None else top[0] + POS_STRIDE
+        )
         # A cut-short timeline, or a room's first rows, leave history to fetch.
         if room.prev_batch and (room.limited or not had_rows) and not saw_create:
             if first_new is not None:
@@ -625,7 +663,7 @@ class Cache:
                     room_id,
                     room.prev_batch,
                     upper,
-                    latest_before[0] if latest_before else None,
+                    latest_before,
                     before,
                 ),
             )
@@ -633,15 +671,22 @@ class Cache:
             self._apply_receipt(work, room_id, receipt)
 
     def _in(self, sql: str, values: list[str], *params: Any) -> list[tuple[Any, ...]]:
-        """``sql`` with ``{marks}`` for an IN list, run in chunks under SQLite's limit."""
+        """``sql`` with ``{marks}`` for an IN list, run in chunks under SQLite's limit.
+
+        The list is padded with NULLs (which match nothing) to the next of a
+        few sizes, so the same few statements are prepared once and reused
+        instead of one new statement for every list length.
+        """
         out: list[tuple[Any, ...]] = []
-        for i in range(0, len(values), 500):
-            chunk = values[i : i + 500]
-            out += self._all(sql.format(marks=", ".join("?" * len(chunk))), (*params, *chunk))
+        for i in range(0, len(values), _IN_SIZES[-1]):
+            chunk: list[str | None] = list(values[i : i + _IN_SIZES[-1]])
+            size = next(n for n in _IN_SIZES if n >= len(chunk))
+            chunk += [None] * (size - len(chunk))
+            out += self._all(sql.format(marks=_IN_MARKS[size]), (*params, *chunk))
         return out
 
     def _store_batch(
-        self, work: _Work, room_id: str, items: list[TimelineItem]
+        self, work: _Work, room_id: str, items: list[TimelineItem], *, next_pos: int | None
     ) -> tuple[int, str] | None:
         """Store one room's timeline from a sync with a few statements, not a few per event.
 
@@ -649,6 +694,7 @@ class Cache:
         display is derived from the stored inputs). Then relations are
         stored, and the new rows are derived in memory from them and
         inserted with one ``executemany``. Own echoes take the careful path.
+        ``next_pos`` is where the room's next row goes (None: it has no rows yet).
         Returns the first new row's (pos, event_id), for a gap marker.
         """
         rest: list[TimelineItem] = []
@@ -664,9 +710,16 @@ class Cache:
             r[0]
             for r in self._in("SELECT event_id FROM redactions WHERE event_id IN ({marks})", ids)
         }
-        existing = {
-            r[0] for r in self._in("SELECT event_id FROM messages WHERE event_id IN ({marks})", ids)
-        }
+        # An event belongs to one room: a room without rows has none of these.
+        existing = (
+            {
+                r[0]
+                for r in self._in("SELECT event_id FROM messages WHERE event_id IN ({marks})", ids)
+            }
+            if next_pos is not None
+            else set()
+        )
+        echoed = False
         relation_rows = []
         new: list[TimelineItem] = []
         first_new: tuple[int, str] | None = None
@@ -689,6 +742,7 @@ class Cache:
                 work.touched_targets.add(rel.target)
             if item.txn_id is not None and item.sender == self._own_user_id:
                 placed = self._store_item(work, item, pos=None)  # reconciles echoes
+                echoed = True
                 if placed is not None and first_new is None:
                     first_new = placed
                 continue
@@ -727,8 +781,8 @@ class Cache:
             if people
             else {}
         )
-        pos = self._next_pos(room_id)
-        ord_ = int(self._scalar("SELECT COALESCE(MAX(ord), 0) FROM messages") or 0)
+        pos = self._next_pos(room_id) if echoed else (next_pos or 0)
+        ord_ = self._last_ord(work)
         rows = []
         for item in new:
             ord_ += 1
@@ -788,6 +842,7 @@ class Cache:
             if first_new is None:
                 first_new = (pos, item.event_id)
             pos += POS_STRIDE
+        work.last_ord = ord_
         self._conn.executemany(
             "INSERT INTO messages(ord, room_id, pos, event_id, type, state_key, sender, ts, "
             "status, content, prev_content, redacted, reply_to, thread_root, body, msgtype, "
@@ -858,6 +913,22 @@ class Cache:
             self._patch_room(work, room_id, {"read_receipt": newest[0] if newest else r.event_id})
 
     # -------------------------------------------------------------- timeline
+
+    def _last_ord(self, work: _Work) -> int:
+        """The highest ord ever handed out: rows get the next ones.
+
+        Read from AUTOINCREMENT's own record, so the ord of a deleted row (a
+        cancelled echo, which the change log may still name) is never reused.
+        """
+        if work.last_ord is None:
+            work.last_ord = int(
+                self._scalar(
+                    "SELECT max(COALESCE((SELECT seq FROM sqlite_sequence "
+                    "WHERE name = 'messages'), 0), COALESCE((SELECT MAX(ord) FROM messages), 0))"
+                )
+                or 0
+            )
+        return work.last_ord
 
     def _next_pos(self, room_id: str) -> int:
         top = self._scalar("SELECT MAX(pos) FROM messages WHERE room_id = ?", (room_id,))
@@ -969,6 +1040,8 @@ class Cache:
         if inserted is None:
             return None
         work.added.append(inserted[0])
+        if work.last_ord is not None:
+            work.last_ord = max(work.last_ord, inserted[0])
         work.added_rooms.add(item.room_id)
         return pos, item.event_id
 
@@ -1042,14 +1115,15 @@ class Cache:
                 updated.append(row[0])
         touched_rooms = set(work.rooms) | work.added_rooms
         for room_id in sorted(touched_rooms):
-            current = self._room_row(room_id)
+            current = self._current_room(work, room_id)
             if current is None:
                 continue
             if room_id not in work.rooms:
                 work.rooms[room_id] = dict(current)
             before = work.rooms[room_id]
             self._derive_room(current)
-            self._write_room(current)
+            if current != before:
+                self._write_room(current)
             if before is None or _room_info(current) != _room_info(before):
                 self._log(events, RoomUpdated(seq=0, room=_room_info(current)))
         if work.quiet:
@@ -1129,7 +1203,9 @@ class Cache:
                     "UPDATE gaps SET token = ?, upper_pos = ? WHERE gap_id = ?",
                     (end, upper, gap.gap_id),
                 )
-            work.rooms.setdefault(gap.room_id, self._room_row(gap.room_id))
+            if gap.room_id not in work.rooms:
+                row = self._current_room(work, gap.room_id)
+                work.rooms[gap.room_id] = None if row is None else dict(row)
             self._finish(events, work)
             added = len(work.added)
         return events, added, closed

@@ -99,12 +99,12 @@ def test_a_failed_apply_leaves_nothing_behind(
     original = cache._store_batch
     calls = 0
 
-    def explode(work: object, room_id: str, items: list[TimelineItem]) -> object:
+    def explode(work: object, room_id: str, items: list[TimelineItem], **kw: Any) -> object:
         nonlocal calls
         calls += 1
         if calls == 2:
             raise apsw.IOError("disk went away")
-        return original(work, room_id, items)  # type: ignore[arg-type]
+        return original(work, room_id, items, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(cache, "_store_batch", explode)
     # Two rooms in one response: the first is written, the second fails.
@@ -254,3 +254,38 @@ def test_an_initial_sync_stores_messages_without_logging_each(cache: Cache) -> N
     later = cache.apply_sync(_plan("s2", _msg("$3", "three")))
     assert [type(e).__name__ for e in later] == ["MessageAdded"]
     assert cache.changes_since(0, 100).events[-1].message.body == "three"  # type: ignore[union-attr]
+
+
+def test_m_direct_and_a_new_room_in_one_sync(cache: Cache) -> None:
+    """A new room the stored m.direct names, and a new m.direct that drops it, in ONE
+    response: the new map wins although the room's row is written only at the end."""
+    cache.apply_sync(SyncPlan(next_batch="s1", rooms=[], direct={"@bob:x": [ROOM]}))
+    plan = _plan("s2", _msg("$1", "one"))
+    plan.direct = {"@carol:x": ["!other:x"]}
+    cache.apply_sync(plan)
+    [room] = cache.rooms()
+    assert (room.is_direct, room.direct_user) == (False, None)
+    # And a room both maps name keeps the newer map's user.
+    plan = SyncPlan(
+        next_batch="s3",
+        rooms=[RoomSync("!other:x", {"membership": "join"})],
+        direct={"@dave:x": ["!other:x"]},
+    )
+    cache.apply_sync(plan)
+    other = next(r for r in cache.rooms() if r.room_id == "!other:x")
+    assert (other.is_direct, other.direct_user) == (True, "@dave:x")
+
+
+def test_a_cancelled_echos_row_number_is_not_reused(cache: Cache) -> None:
+    """The change log names message rows by number: a row deleted (a cancelled
+    echo) must not lend its number to the next message a sync stores."""
+    cache.apply_sync(_plan("s1", _msg("$1", "one")))
+    _send(cache, "oops", "t1")
+    cache.cancel("t1")
+    cache.apply_sync(_plan("s2", _msg("$2", "two")))
+    bodies = [
+        e.message.body
+        for e in cache.changes_since(0, 100).events
+        if isinstance(e, MessageAdded | MessageUpdated)
+    ]
+    assert bodies == ["one", "two"]
