@@ -67,6 +67,7 @@ from skiffyd.core.sync import (
 )
 from skiffyd.core.timeline import (
     MESSAGE_ROWS,
+    Display,
     Relation,
     TimelineItem,
     aggregate,
@@ -149,13 +150,16 @@ def _message_from_row(row: tuple[Any, ...], display: dict[str, Any] | None = Non
     )
 
 
+#: Rows whose body is the content's own ``body`` (see ``summarize``).
+_BODY_ROWS = frozenset({"m.room.message", "m.sticker"})
+
 #: body, msgtype, display (packed; None when it is the content itself),
 #: edited, reactions, my_reactions, thread_count, thread_latest: the derived
 #: columns of a row, in order.
 Derived = tuple[str, str | None, bytes | None, int, str | None, str | None, int, str | None]
 
 
-def _derive(
+def _derive_display(
     *,
     event_type: str,
     sender: str,
@@ -166,8 +170,9 @@ def _derive(
     relations: list[Relation],
     names: dict[str, str],
     own_user_id: str,
-) -> Derived:
-    """A row's derived columns from its original and its relations (pure)."""
+) -> tuple[Derived, Display]:
+    """A row's derived columns from its original and its relations (pure),
+    and the display they come from."""
     display = aggregate(
         event_type=event_type,
         sender=sender,
@@ -195,53 +200,7 @@ def _derive(
         json.dumps(display.my_reactions) if display.my_reactions else None,
         display.thread_count,
         display.thread_latest,
-    )
-
-
-def _message_info(
-    *,
-    event_id: str | None,
-    room_id: str,
-    sender: str,
-    ts: int,
-    status: str,
-    txn_id: str | None,
-    type_: str,
-    state_key: str | None,
-    redacted: bool,
-    reply_to: str | None,
-    thread_root: str | None,
-    derived: Derived,
-    display: dict[str, Any],
-) -> MessageInfo:
-    """The MessageInfo of a row just derived, without reading it back.
-
-    ``display`` is the content shown (shared, not copied: an initial sync
-    holds tens of thousands of these at once).
-    """
-    body, msgtype, display_b, edited, reactions, mine, thread_count, thread_latest = derived
-    row = (
-        event_id,
-        room_id,
-        sender,
-        body,
-        ts,
-        status,
-        txn_id,
-        msgtype,
-        type_,
-        state_key,
-        display_b,
-        edited,
-        redacted,
-        reactions,
-        mine,
-        reply_to,
-        thread_root,
-        thread_count,
-        thread_latest,
-    )
-    return _message_from_row(row, display)
+    ), display
 
 
 #: The columns :func:`_relation_from_row` reads, in order.
@@ -783,33 +742,72 @@ class Cache:
         )
         pos = self._next_pos(room_id) if echoed else (next_pos or 0)
         ord_ = self._last_ord(work)
+        own = self._own_user_id
+        quiet = work.quiet
+        infos = work.infos
+        added = work.added
         rows = []
         for item in new:
             ord_ += 1
-            is_redacted = item.redacted or item.event_id in redacted
-            content_b = _pack(item.content)
-            derived = _derive(
-                event_type=item.type,
-                sender=item.sender,
-                state_key=item.state_key,
-                content=item.content,
-                prev_content=item.prev_content,
-                redacted=is_redacted,
-                relations=relations.get(item.event_id, []),
-                names=names,
-                own_user_id=self._own_user_id,
-            )
+            event_id = item.event_id
+            etype = item.type
+            content = item.content
+            is_redacted = item.redacted or event_id in redacted
+            rels = relations.get(event_id)
+            if is_redacted or rels:
+                derived, display = _derive_display(
+                    event_type=etype,
+                    sender=item.sender,
+                    state_key=item.state_key,
+                    content=content,
+                    prev_content=item.prev_content,
+                    redacted=is_redacted,
+                    relations=rels or [],
+                    names=names,
+                    own_user_id=own,
+                )
+                shown = display.content
+            else:
+                # Most rows: nothing points at them, so what is shown is the
+                # content itself (what _derive_display gives, without its steps).
+                shown = content
+                if etype in _BODY_ROWS:
+                    body = content.get("body")
+                    if not isinstance(body, str):
+                        body = ""
+                else:
+                    body = summarize(
+                        event_type=etype,
+                        sender=item.sender,
+                        state_key=item.state_key,
+                        content=content,
+                        prev_content=item.prev_content,
+                        redacted=False,
+                        names=names,
+                    )
+                msgtype = content.get("msgtype") if etype in MESSAGE_ROWS else None
+                derived = (
+                    body,
+                    msgtype if isinstance(msgtype, str) else None,
+                    None,
+                    0,
+                    None,
+                    None,
+                    0,
+                    None,
+                )
+                display = None
             rows.append(
                 (
                     ord_,
                     room_id,
                     pos,
-                    item.event_id,
-                    item.type,
+                    event_id,
+                    etype,
                     item.state_key,
                     item.sender,
                     item.ts,
-                    content_b,
+                    _pack(content),
                     _pack(item.prev_content) if item.prev_content is not None else None,
                     int(is_redacted),
                     item.reply_to,
@@ -817,31 +815,40 @@ class Cache:
                     *derived,
                 )
             )
-            work.added.append(ord_)
-            work.derived.add(ord_)
-            if work.quiet:
-                if first_new is None:
-                    first_new = (pos, item.event_id)
-                pos += POS_STRIDE
+            added.append(ord_)
+            if first_new is None:
+                first_new = (pos, event_id)
+            pos += POS_STRIDE
+            if quiet:
                 continue
-            work.infos[ord_] = _message_info(
-                event_id=item.event_id,
+            fmt = shown.get("format")
+            fmt = fmt if isinstance(fmt, str) else None
+            formatted = shown.get("formatted_body") if fmt else None
+            infos[ord_] = MessageInfo(
+                event_id=event_id,
                 room_id=room_id,
                 sender=item.sender,
+                body=derived[0],
                 ts=item.ts,
                 status="sent",
                 txn_id=None,
-                type_=item.type,
+                msgtype=derived[1],
+                type=etype,
                 state_key=item.state_key,
+                format=fmt,
+                formatted_body=formatted if isinstance(formatted, str) else None,
+                edited=display is not None and display.edited,
                 redacted=is_redacted,
+                reactions=dict(display.reactions) if display is not None else {},
+                my_reactions=list(display.my_reactions) if display is not None else [],
                 reply_to=item.reply_to,
                 thread_root=item.thread_root,
-                derived=derived,
-                display=item.content if derived[2] is None else _unpack_dict(derived[2]),
+                thread_count=derived[6],
+                thread_latest=derived[7],
+                content=shown,
+                encrypted=etype == "m.room.encrypted",
             )
-            if first_new is None:
-                first_new = (pos, item.event_id)
-            pos += POS_STRIDE
+        work.derived.update(r[0] for r in rows)
         work.last_ord = ord_
         self._conn.executemany(
             "INSERT INTO messages(ord, room_id, pos, event_id, type, state_key, sender, ts, "
@@ -1077,7 +1084,7 @@ class Cache:
                 (row[15], sender, state_key or sender),
             ):
                 names[user_id] = name
-        derived = _derive(
+        derived, _ = _derive_display(
             event_type=type_,
             sender=sender,
             state_key=state_key,
