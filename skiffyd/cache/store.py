@@ -79,6 +79,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
     from pathlib import Path
 
+#: The page cache of the connection, in KiB.
+PAGE_CACHE_KIB = 8192
+
 #: The lengths IN lists are padded to (see :meth:`Cache._in`).
 _IN_SIZES = (4, 16, 64, 256)
 _IN_MARKS = {n: ", ".join("?" * n) for n in _IN_SIZES}
@@ -330,6 +333,11 @@ class Cache:
         # FULL: a committed sync or outbox row survives power loss, not only a crash.
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
+        # 8 MiB of page cache (SQLite's default is 2 MiB): the indexes a sync
+        # writes at random places (event ids, relations, members) stay in
+        # memory instead of being spilled and read back, decrypted, from the
+        # WAL (a 1,000-room initial sync: ~15% less CPU; 16 MiB did no better).
+        conn.execute(f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")
         conn.setbusytimeout(5000)
         migrate(conn)
         return cls(conn, own_user_id)
@@ -428,13 +436,21 @@ class Cache:
 
     def apply_sync(self, plan: SyncPlan) -> list[LoggedEvent]:
         """Apply one /sync response, with its token, in ONE transaction."""
-        # The decoded response is large and acyclic: keep the cyclic garbage
-        # collector from rescanning it for every few hundred rows written
-        # (measured: about a quarter of a big initial sync's CPU time).
+        # What an apply allocates (items, rows, MessageInfos, events) is
+        # acyclic and mostly short-lived, and the decoded response is large:
+        # the cyclic collector would rescan them every few hundred rows
+        # (measured: about a quarter of a big initial sync's CPU time when
+        # it scanned the response too, still ~5% with the response frozen).
+        # It is paused for the one transaction; reference counting frees
+        # everything as before, and the next collection after it runs as usual.
         gc.freeze()
+        paused = gc.isenabled()
+        gc.disable()
         try:
             return self._apply_sync(plan)
         finally:
+            if paused:
+                gc.enable()
             gc.unfreeze()
 
     def is_empty(self) -> bool:
