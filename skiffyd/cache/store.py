@@ -288,6 +288,8 @@ class _Work:
     outbox_done: list[OutboxItemInfo] = dataclasses.field(default_factory=list)
     #: Rooms that got rows (no SQL needed to find them again).
     added_rooms: set[str] = dataclasses.field(default_factory=set)
+    #: The event ids of the rows in ``added``.
+    added_ids: set[str] = dataclasses.field(default_factory=set)
     #: Rows added with their display already derived (the sync fast path).
     derived: set[int] = dataclasses.field(default_factory=set)
     infos: dict[int, MessageInfo] = dataclasses.field(default_factory=dict)
@@ -300,7 +302,8 @@ class Cache:
         self._conn = conn
         self._own_user_id = own_user_id
         self._last_seq = self._scalar("SELECT COALESCE(MAX(seq), 0) FROM changelog") or 0
-        self._msg_refs: dict[int, int] = {}
+        #: id() of a logged message event -> (kind 1 added / 2 updated, its row's ord).
+        self._msg_refs: dict[int, tuple[int, int]] = {}
 
     # ------------------------------------------------------------------ open
 
@@ -389,21 +392,24 @@ class Cache:
         name its row (``ord_``) instead of being stored whole."""
         events.append(event)
         if ord_ is not None:
-            self._msg_refs[id(event)] = ord_
+            self._msg_refs[id(event)] = (1 if isinstance(event, MessageAdded) else 2, ord_)
 
     def _append_changelog(self, events: list[LoggedEvent]) -> None:
         if not events:
             return
         rows: list[tuple[int, bytes | None, int | None, int | None]] = []
         refs, self._msg_refs = self._msg_refs, {}
+        seq = self._last_seq
+        encode = _event_encoder.encode
         for ev in events:
-            self._last_seq += 1
-            ev.seq = self._last_seq
-            ord_ = refs.get(id(ev))
-            if ord_ is not None:
-                rows.append((ev.seq, None, 1 if isinstance(ev, MessageAdded) else 2, ord_))
+            seq += 1
+            ev.seq = seq
+            ref = refs.get(id(ev))
+            if ref is not None:
+                rows.append((seq, None, ref[0], ref[1]))
             else:
-                rows.append((ev.seq, _event_encoder.encode(ev), None, None))
+                rows.append((seq, encode(ev), None, None))
+        self._last_seq = seq
         self._conn.executemany(
             "INSERT INTO changelog(seq, payload, kind, msg_ord) VALUES (?, ?, ?, ?)", rows
         )
@@ -610,7 +616,7 @@ class Cache:
             if user is not None:
                 changes = dict(changes, is_direct=1, direct_user=user)
         self._patch_room(work, room_id, changes)
-        self._upsert_members(events, room_id, room.members)
+        self._upsert_members(events, room_id, room.members, known=was_known)
         # The room's newest row: whether it has rows, where new ones go, and
         # (when it is not a pending echo) the event a gap would follow.
         top = self._one(
@@ -865,6 +871,7 @@ class Cache:
                 encrypted=etype == "m.room.encrypted",
             )
         work.derived.update(r[0] for r in rows)
+        work.added_ids.update(new_ids)
         work.last_ord = ord_
         self._conn.executemany(
             "INSERT INTO messages(ord, room_id, pos, event_id, type, state_key, sender, ts, "
@@ -877,21 +884,34 @@ class Cache:
         return first_new
 
     def _upsert_members(
-        self, events: list[LoggedEvent], room_id: str, members: list[MemberChange]
+        self,
+        events: list[LoggedEvent],
+        room_id: str,
+        members: list[MemberChange],
+        *,
+        known: bool = True,
     ) -> None:
-        """Store a room's member changes: one read, one write, whatever their number."""
+        """Store a room's member changes: one read, one write, whatever their number.
+
+        ``known`` False: the room had no row, so it has no members stored
+        (they go and come with the row), and nothing is read.
+        """
         if not members:
             return
         latest = {m.user_id: m for m in members}  # the last change of each wins
-        have = {
-            r[0]: tuple(r[1:])
-            for r in self._in(
-                "SELECT user_id, membership, display_name, avatar_url FROM members "
-                "WHERE room_id = ? AND user_id IN ({marks})",
-                list(latest),
-                room_id,
-            )
-        }
+        have = (
+            {
+                r[0]: tuple(r[1:])
+                for r in self._in(
+                    "SELECT user_id, membership, display_name, avatar_url FROM members "
+                    "WHERE room_id = ? AND user_id IN ({marks})",
+                    list(latest),
+                    room_id,
+                )
+            }
+            if known
+            else {}
+        )
         changed = [
             m
             for m in latest.values()
@@ -1063,6 +1083,7 @@ class Cache:
         if inserted is None:
             return None
         work.added.append(inserted[0])
+        work.added_ids.add(item.event_id)
         if work.last_ord is not None:
             work.last_ord = max(work.last_ord, inserted[0])
         work.added_rooms.add(item.room_id)
@@ -1130,7 +1151,8 @@ class Cache:
             if ord_ not in work.derived:
                 self._derive_message(ord_)
         updated: list[int] = []
-        for target in sorted(work.touched_targets):
+        # Rows added in this transaction were derived with everything stored.
+        for target in sorted(work.touched_targets - work.added_ids):
             row = self._one("SELECT ord FROM messages WHERE event_id = ?", (target,))
             if row is None or row[0] in added:
                 continue
@@ -1153,11 +1175,12 @@ class Cache:
             updated, work.added = [], []
         for ord_ in updated:
             self._log(events, MessageUpdated(seq=0, message=self._message_by_ord(ord_)), ord_=ord_)
+        infos, refs = work.infos, self._msg_refs
         for ord_ in work.added:
-            info = work.infos.get(ord_)
-            self._log(
-                events, MessageAdded(seq=0, message=info or self._message_by_ord(ord_)), ord_=ord_
-            )
+            info = infos.get(ord_)
+            event = MessageAdded(seq=0, message=info or self._message_by_ord(ord_))
+            events.append(event)
+            refs[id(event)] = (1, ord_)
         for done in work.outbox_done:
             self._log(events, OutboxUpdated(seq=0, item=done, removed=True))
 
