@@ -678,11 +678,14 @@ class Cache:
         Returns the first new row's (pos, event_id), for a gap marker.
         """
         rest: list[TimelineItem] = []
+        redacts: list[tuple[str, str]] = []
         for item in items:
             if item.redacts is not None:
-                self._store_item(work, item, pos=None)
+                redacts.append((item.redacts, item.event_id))
             else:
                 rest.append(item)
+        if redacts:
+            self._store_redactions(work, redacts)
         if not rest:
             return None
         ids = [i.event_id for i in rest]
@@ -902,6 +905,23 @@ class Cache:
         )
         work.added_rooms.add(room_id)
         return first_new
+
+    def _store_redactions(self, work: _Work, redacts: list[tuple[str, str]]) -> None:
+        """(redacted event, redaction event) pairs of one room, as
+        :meth:`_store_item` stores one, with a statement each for all."""
+        self._conn.executemany(
+            "INSERT OR IGNORE INTO redactions(event_id, redacted_by) VALUES (?, ?)", redacts
+        )
+        targets = [(t,) for t, _ in redacts]
+        self._conn.executemany(
+            "UPDATE messages SET redacted = 1 WHERE event_id = ? AND redacted = 0", targets
+        )
+        relation_targets = self._in(
+            "SELECT target FROM relations WHERE event_id IN ({marks})", [t for t, _ in redacts]
+        )
+        self._conn.executemany("UPDATE relations SET redacted = 1 WHERE event_id = ?", targets)
+        work.touched_targets.update(t for t, _ in redacts)
+        work.touched_targets.update(r[0] for r in relation_targets)
 
     def _upsert_members(
         self,
