@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipc_schema import MessageAdded, MessageUpdated, RoomUpdated
+from ipc_schema import MessageAdded, MessageRemoved, MessageUpdated, RoomUpdated
 from skiffyd.cache import Cache
 from skiffyd.cache.migrations import MIGRATIONS
 from skiffyd.core.sync import RoomSync, SyncPlan
@@ -99,12 +99,12 @@ def test_a_failed_apply_leaves_nothing_behind(
     original = cache._store_batch
     calls = 0
 
-    def explode(work: object, room_id: str, items: list[TimelineItem]) -> object:
+    def explode(work: object, room_id: str, items: list[TimelineItem], **kw: Any) -> object:
         nonlocal calls
         calls += 1
         if calls == 2:
             raise apsw.IOError("disk went away")
-        return original(work, room_id, items)  # type: ignore[arg-type]
+        return original(work, room_id, items, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(cache, "_store_batch", explode)
     # Two rooms in one response: the first is written, the second fails.
@@ -254,3 +254,129 @@ def test_an_initial_sync_stores_messages_without_logging_each(cache: Cache) -> N
     later = cache.apply_sync(_plan("s2", _msg("$3", "three")))
     assert [type(e).__name__ for e in later] == ["MessageAdded"]
     assert cache.changes_since(0, 100).events[-1].message.body == "three"  # type: ignore[union-attr]
+
+
+def test_m_direct_and_a_new_room_in_one_sync(cache: Cache) -> None:
+    """A new room the stored m.direct names, and a new m.direct that drops it, in ONE
+    response: the new map wins although the room's row is written only at the end."""
+    cache.apply_sync(SyncPlan(next_batch="s1", rooms=[], direct={"@bob:x": [ROOM]}))
+    plan = _plan("s2", _msg("$1", "one"))
+    plan.direct = {"@carol:x": ["!other:x"]}
+    cache.apply_sync(plan)
+    [room] = cache.rooms()
+    assert (room.is_direct, room.direct_user) == (False, None)
+    # And a room both maps name keeps the newer map's user.
+    plan = SyncPlan(
+        next_batch="s3",
+        rooms=[RoomSync("!other:x", {"membership": "join"})],
+        direct={"@dave:x": ["!other:x"]},
+    )
+    cache.apply_sync(plan)
+    other = next(r for r in cache.rooms() if r.room_id == "!other:x")
+    assert (other.is_direct, other.direct_user) == (True, "@dave:x")
+
+
+def test_a_cancelled_echos_row_number_is_not_reused(cache: Cache) -> None:
+    """The change log names message rows by number: a row deleted (a cancelled
+    echo) must not lend its number to the next message a sync stores."""
+    cache.apply_sync(_plan("s1", _msg("$1", "one")))
+    _send(cache, "oops", "t1")
+    cache.cancel("t1")
+    cache.apply_sync(_plan("s2", _msg("$2", "two")))
+    bodies = [
+        e.message.body
+        for e in cache.changes_since(0, 100).events
+        if isinstance(e, MessageAdded | MessageUpdated)
+    ]
+    assert bodies == ["one", "two"]
+
+
+class _Keys:
+    """A stand-in crypto machine: knows the plaintext of the sessions it was given."""
+
+    def __init__(self) -> None:
+        self.known: dict[str, tuple[str, dict[str, Any]]] = {}
+
+    def decrypt(self, room_id: str, ev: ClientEvent) -> ClientEvent | None:
+        found = self.known.get(str(ev.content.get("session_id")))
+        if found is None:
+            return None
+        kind, content = found
+        return ClientEvent(
+            type=kind,
+            content=content,
+            sender=ev.sender,
+            event_id=ev.event_id,
+            origin_server_ts=ev.origin_server_ts,
+        )
+
+    def note_members(self, room_id: str, changes: object) -> None:
+        pass
+
+
+def _encrypted(event_id: str, session: str, keys: _Keys) -> TimelineItem:
+    item = classify(
+        ROOM,
+        ClientEvent(
+            type="m.room.encrypted",
+            event_id=event_id,
+            sender="@a:x",
+            origin_server_ts=1,
+            content={"algorithm": "m.megolm.v1.aes-sha2", "session_id": session, "ciphertext": "x"},
+        ),
+        keys.decrypt,
+    )
+    assert item is not None
+    return item
+
+
+def test_rows_whose_key_comes_later_are_read_then(cache: Cache) -> None:
+    keys = _Keys()
+    cache.apply_sync(_plan("t1", _msg("$seen", "in the clear")))
+    cache.apply_sync(_plan("t2", _encrypted("$m", "S1", keys), _encrypted("$e", "S1", keys)))
+    rows = {m.event_id: m for m in cache.messages(ROOM, 10)[0]}
+    assert rows["$m"].body == rows["$e"].body == "** unable to decrypt **"
+    assert rows["$m"].encrypted
+    assert cache.undecrypted_count() == 2
+    assert cache.undecrypted_sessions() == []  # no sender_key in these contents
+
+    keys.known["S1"] = ("m.room.message", {"msgtype": "m.text", "body": "hello"})
+    # Only a key for another session: nothing changes, nothing is logged.
+    assert cache.apply_decrypted(keys, [(ROOM, "S2")]) == []
+    events = cache.apply_decrypted(keys, [(ROOM, "S1")])
+    assert cache.undecrypted_count() == 0
+    rows = {m.event_id: m for m in cache.messages(ROOM, 10)[0]}
+    assert rows["$m"].body == "hello"
+    assert rows["$m"].encrypted
+    assert rows["$m"].type == "m.room.message"
+    updated = [e.message.event_id for e in events if isinstance(e, MessageUpdated)]
+    assert set(updated) == {"$m", "$e"}
+    assert [e.seq for e in events] == sorted(e.seq for e in events)
+
+
+def test_an_unreadable_edit_becomes_an_edit_when_read(cache: Cache) -> None:
+    keys = _Keys()
+    keys.known["S1"] = ("m.room.message", {"msgtype": "m.text", "body": "original"})
+    cache.apply_sync(_plan("t1", _encrypted("$m", "S1", keys), _encrypted("$e", "S2", keys)))
+    rows = {m.event_id: m for m in cache.messages(ROOM, 10)[0]}
+    assert rows["$m"].body == "original"
+    assert rows["$e"].body == "** unable to decrypt **"
+    keys.known["S2"] = (
+        "m.room.message",
+        {
+            "msgtype": "m.text",
+            "body": "* changed",
+            "m.new_content": {"msgtype": "m.text", "body": "changed"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": "$m"},
+        },
+    )
+    events = cache.apply_decrypted(keys, [(ROOM, "S2")])
+    rows = {m.event_id: m for m in cache.messages(ROOM, 10)[0]}
+    assert "$e" not in rows
+    assert rows["$m"].body == "changed"
+    assert rows["$m"].edited
+    assert [e.event_id for e in events if isinstance(e, MessageRemoved)] == ["$e"]
+    assert any(isinstance(e, MessageUpdated) and e.message.event_id == "$m" for e in events)
+    # The change log replays the same (a UI catching up sees the removal).
+    replay = cache.changes_since(events[0].seq - 1, 100).events
+    assert [type(e).__name__ for e in replay] == [type(e).__name__ for e in events]
