@@ -52,7 +52,7 @@ MIGRATIONS: tuple[str, ...] = (
         room_id        TEXT NOT NULL,
         pos            INTEGER NOT NULL,
         event_id       TEXT UNIQUE,
-        txn_id         TEXT UNIQUE,
+        txn_id         TEXT,  -- unique where set: see messages_by_txn
         type           TEXT NOT NULL,
         state_key      TEXT,
         sender         TEXT NOT NULL,
@@ -75,6 +75,8 @@ MIGRATIONS: tuple[str, ...] = (
         thread_latest  TEXT
     ) STRICT;
     CREATE INDEX messages_by_room ON messages(room_id, pos);
+    -- Partial: rows from sync (nearly all) have no txn id and no entry here.
+    CREATE UNIQUE INDEX messages_by_txn ON messages(txn_id) WHERE txn_id IS NOT NULL;
     CREATE TABLE relations (
         event_id    TEXT PRIMARY KEY,
         room_id     TEXT NOT NULL,
