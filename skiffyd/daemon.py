@@ -394,6 +394,23 @@ class Daemon:
         )
         self.set_state("logged_out", exc.message + " (`skiffyd login`)")
 
+    async def _verify(
+        self, request: wire.VerifyStart | wire.VerifyAccept | wire.VerifyConfirm | wire.VerifyCancel
+    ) -> wire.VerificationResult:
+        service = self._crypto_service()
+        machine = service.crypto
+        if isinstance(request, wire.VerifyStart):
+            check_user_id(request.user_id)
+            info = await service.verify(machine.verify_start, request.user_id, request.device_id)
+        else:
+            step = {
+                wire.VerifyAccept: machine.verify_accept,
+                wire.VerifyConfirm: machine.verify_confirm,
+                wire.VerifyCancel: machine.verify_cancel,
+            }[type(request)]
+            info = await service.verify(step, request.transaction_id)
+        return wire.VerificationResult(verification=info)
+
     def _crypto_service(self) -> CryptoService:
         s = self.require_session()
         assert s.crypto_service is not None
@@ -557,35 +574,13 @@ class Daemon:
             case wire.Verifications():
                 service = self._crypto_service()
                 return wire.VerificationsResult(verifications=await service.publish_verifications())
-            case wire.VerifyStart():
-                service = self._crypto_service()
-                check_user_id(request.user_id)
-                return wire.VerificationResult(
-                    verification=await service.verify(
-                        service.crypto.verify_start, request.user_id, request.device_id
-                    )
-                )
-            case wire.VerifyAccept():
-                service = self._crypto_service()
-                return wire.VerificationResult(
-                    verification=await service.verify(
-                        service.crypto.verify_accept, request.transaction_id
-                    )
-                )
-            case wire.VerifyConfirm():
-                service = self._crypto_service()
-                return wire.VerificationResult(
-                    verification=await service.verify(
-                        service.crypto.verify_confirm, request.transaction_id
-                    )
-                )
-            case wire.VerifyCancel():
-                service = self._crypto_service()
-                return wire.VerificationResult(
-                    verification=await service.verify(
-                        service.crypto.verify_cancel, request.transaction_id
-                    )
-                )
+            case (
+                wire.VerifyStart()
+                | wire.VerifyAccept()
+                | wire.VerifyConfirm()
+                | (wire.VerifyCancel())
+            ):
+                return await self._verify(request)
             case wire.ChangesSince():
                 if self.session is None:
                     return wire.ChangesResult(

@@ -849,47 +849,31 @@ class Cache:
             pos += POS_STRIDE
             if quiet:
                 continue
-            if display is None:
-                # Only what differs from MessageInfo's defaults (no edit, no
-                # reactions, no thread, not redacted): a quarter of the cost.
-                info = MessageInfo(
-                    event_id=event_id,
-                    room_id=room_id,
-                    sender=item.sender,
-                    body=derived[0],
-                    ts=item.ts,
-                    status="sent",
-                    msgtype=derived[1],
-                    type=etype,
-                    state_key=item.state_key,
-                    reply_to=item.reply_to,
-                    thread_root=item.thread_root,
-                    content=shown,
-                )
-                if item.encrypted:
-                    info.encrypted = True
-            else:
-                info = MessageInfo(
-                    event_id=event_id,
-                    room_id=room_id,
-                    sender=item.sender,
-                    body=derived[0],
-                    ts=item.ts,
-                    status="sent",
-                    msgtype=derived[1],
-                    type=etype,
-                    state_key=item.state_key,
-                    edited=display.edited,
-                    redacted=is_redacted,
-                    reactions=dict(display.reactions),
-                    my_reactions=list(display.my_reactions),
-                    reply_to=item.reply_to,
-                    thread_root=item.thread_root,
-                    thread_count=derived[6],
-                    thread_latest=derived[7],
-                    content=shown,
-                    encrypted=item.encrypted,
-                )
+            # Only what differs from MessageInfo's defaults is passed (a
+            # quarter of the cost of all 22 fields); most rows need no more.
+            info = MessageInfo(
+                event_id=event_id,
+                room_id=room_id,
+                sender=item.sender,
+                body=derived[0],
+                ts=item.ts,
+                status="sent",
+                msgtype=derived[1],
+                type=etype,
+                state_key=item.state_key,
+                reply_to=item.reply_to,
+                thread_root=item.thread_root,
+                content=shown,
+            )
+            if item.encrypted:
+                info.encrypted = True
+            if display is not None:  # edited, reacted to, a thread root, or redacted
+                info.edited = display.edited
+                info.redacted = is_redacted
+                info.reactions = dict(display.reactions)
+                info.my_reactions = list(display.my_reactions)
+                info.thread_count = derived[6]
+                info.thread_latest = derived[7]
             fmt = shown.get("format")
             if isinstance(fmt, str):
                 info.format = fmt

@@ -140,26 +140,14 @@ def classify(room_id: str, ev: ClientEvent, decrypt: Decrypt | None = None) -> T
     """
     if ev.event_id is None:
         return None
-    if ev.type == "m.room.encrypted":
-        plain = decrypt(room_id, ev) if decrypt is not None else None
-        if plain is None:
-            unsigned = ev.unsigned
-            return TimelineItem(
-                event_id=ev.event_id,
-                room_id=room_id,
-                type=ev.type,
-                sender=ev.sender,
-                ts=ev.origin_server_ts,
-                content=ev.content,
-                txn_id=unsigned.transaction_id if unsigned else None,
-                visible=True,
-                redacted=bool(unsigned and unsigned.redacted_because is not None),
-                encrypted=True,
-            )
-        item = classify(room_id, plain)
-        if item is not None:
-            item.encrypted = True
-        return item
+    encrypted = ev.type == "m.room.encrypted"
+    if encrypted and decrypt is not None:
+        plain = decrypt(room_id, ev)
+        if plain is not None:
+            read = classify(room_id, plain)
+            if read is not None:
+                read.encrypted = True
+            return read
     unsigned = ev.unsigned
     item = TimelineItem(
         event_id=ev.event_id,
@@ -173,6 +161,10 @@ def classify(room_id: str, ev: ClientEvent, decrypt: Decrypt | None = None) -> T
         txn_id=unsigned.transaction_id if unsigned else None,
         redacted=bool(unsigned and unsigned.redacted_because is not None),
     )
+    if encrypted:
+        # Not readable (yet): a row of its own, whatever its cleartext relates to.
+        item.visible = item.encrypted = True
+        return item
     if ev.type == "m.room.redaction":
         item.redacts = _str(ev.redacts) or _str(ev.content.get("redacts"))
         return item if item.redacts else None

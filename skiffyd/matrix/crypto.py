@@ -160,6 +160,7 @@ class Crypto:
         self,
         to_device: list[dict[str, Any]],
         changed: list[str],
+        left: list[str],
         otk_counts: dict[str, int],
     ) -> list[RoomKey]:
         """One sync's crypto part; the room keys it brought."""
@@ -189,6 +190,10 @@ class Crypto:
         # Someone's devices changed: ask again before the next share. Only
         # users the machine tracks matter; the rest are asked when needed.
         olm.add_changed_users({u for u in changed if u in olm.tracked_users})
+        # No encrypted room shared any more: stop following their devices
+        # (they are asked again if a room is shared later).
+        olm.tracked_users.difference_update(left)
+        olm.users_for_key_query.difference_update(left)
         if to_device:
             log.info("crypto.to_device", events=len(to_device), room_keys=len(keys))
         if "signed_curve25519" in otk_counts:

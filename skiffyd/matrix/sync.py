@@ -151,6 +151,7 @@ class SyncService:
                     machine.receive,
                     response.to_device.events,
                     response.device_lists.changed,
+                    response.device_lists.left,
                     response.device_one_time_keys_count,
                 )
             plan = plan_sync(response, self._own_user_id, machine)

@@ -272,21 +272,17 @@ def test_devices_and_keys_export_then_import_on_a_new_device(
 
 def verify_mutually(inst: SkiffyInstance, own: Peer, user: str) -> None:
     """The account's other device (nio) and skiffyd verify each other by emojis."""
-    my_device = inst.status()["device_id"]
-    txn = own.start_verification(user, my_device)
-    until(inst, "the request", lambda: verification_state(inst, txn) == "requested")
+    from tests.integration.test_verification import in_state, peer_emojis
+
+    txn = own.start_verification(user, inst.status()["device_id"])
+    in_state(inst, txn, "requested")
     inst.cli_ok("verify", "accept", txn)
-    wait_for(lambda: own.verification(txn)[1], timeout=30, interval=0.3, what="the emojis (nio)")
-    until(inst, "the emojis", lambda: verification_state(inst, txn) == "keys_exchanged")
+    peer_emojis(own, txn)
+    in_state(inst, txn, "keys_exchanged")
     inst.cli_ok("verify", "confirm", txn)
     own.confirm_verification(txn)
-    until(inst, "verified", lambda: verification_state(inst, txn) == "verified")
+    in_state(inst, txn, "verified")
     wait_for(lambda: own.verification(txn)[2], timeout=30, interval=0.3, what="nio verified")
-
-
-def verification_state(inst: SkiffyInstance, txn: str) -> str | None:
-    found = json.loads(inst.cli_ok("verify", "list", "--json"))
-    return next((v["state"] for v in found if v["transaction_id"] == txn), None)
 
 
 def test_own_verified_devices_share_keys_both_ways(

@@ -76,9 +76,9 @@ def test_one_time_key_count_from_sync_asks_for_more(crypto: Crypto) -> None:
     full = crypto._olm.account.max_one_time_keys
     crypto.upload_answered({"one_time_key_counts": {"signed_curve25519": full}})
     assert not crypto.should_upload_keys
-    crypto.receive([], [], {"signed_curve25519": 3})  # others claimed most of them
+    crypto.receive([], [], [], {"signed_curve25519": 3})  # others claimed most of them
     assert crypto.should_upload_keys
-    crypto.receive([], [], {"signed_curve25519": full})
+    crypto.receive([], [], [], {"signed_curve25519": full})
     assert not crypto.should_upload_keys
 
 
@@ -99,3 +99,15 @@ def test_export_then_import_into_another_device(crypto: Crypto, tmp_path: Path) 
         assert other.import_sessions([{"algorithm": "nope"}, {}]) == ([], 2)
     finally:
         other.close()
+
+
+def test_device_list_changes_follow_tracked_users_only(crypto: Crypto) -> None:
+    olm = crypto._olm
+    olm.tracked_users.update({"@b:example.org", "@c:example.org"})
+    crypto.receive([], ["@b:example.org", "@stranger:example.org"], [], {})
+    assert crypto.users_to_query() == ["@b:example.org"]
+    crypto.receive([], [], ["@b:example.org", "@c:example.org"], {})
+    assert crypto.users_to_query() == []
+    assert olm.tracked_users == set()
+    crypto.track(["@c:example.org"])  # a room shared again: asked again
+    assert crypto.users_to_query() == ["@c:example.org"]
