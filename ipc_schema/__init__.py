@@ -72,6 +72,9 @@ class ErrorCode:
     CRYPTO_UNKNOWN_VERIFICATION = "SKIFFY_CRYPTO_UNKNOWN_VERIFICATION"
     #: The verification is not in a state where that step is possible.
     CRYPTO_VERIFICATION_STATE = "SKIFFY_CRYPTO_VERIFICATION_STATE"
+    #: The encryption store is still loading after a start (a moment), or
+    #: failed to load (``status`` says why).
+    CRYPTO_NOT_READY = "SKIFFY_CRYPTO_NOT_READY"
     CACHE_WRONG_KEY = "SKIFFY_CACHE_WRONG_KEY"
     CACHE_CORRUPT = "SKIFFY_CACHE_CORRUPT"
     CACHE_UNKNOWN_ROOM = "SKIFFY_CACHE_UNKNOWN_ROOM"

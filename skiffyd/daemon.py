@@ -54,7 +54,6 @@ from skiffyd.errors import (
 from skiffyd.ipc.server import IpcServer
 from skiffyd.matrix import history, sso
 from skiffyd.matrix import session as matrix_session
-from skiffyd.matrix.crypto import Crypto, CryptoService
 from skiffyd.matrix.outbox import OutboxService
 from skiffyd.matrix.session import TokenManager
 from skiffyd.matrix.sync import SyncService
@@ -66,10 +65,14 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from skiffyd.core.wire import LoginResponse
+    from skiffyd.matrix.crypto import Crypto, CryptoService
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+
+#: How long an E2EE command waits for the crypto machine after a start.
+CRYPTO_LOAD_WAIT_S = 30.0
 
 
 def acquire_lock(paths: Paths) -> int:
@@ -121,6 +124,8 @@ class AccountSession:
         self.ending = False
         self.server_versions: list[str] = []
         self.crypto_service: CryptoService | None = None
+        #: Set once loading the crypto machine ended, loaded or not.
+        self.crypto_loaded = trio.Event()
 
     @property
     def creds(self) -> Credentials:
@@ -285,38 +290,16 @@ class Daemon:
         )
         transport.auth = tokens
         session = AccountSession(tokens, cache, transport)
-        try:
-            session.crypto = await trio.to_thread.run_sync(
-                lambda: Crypto.load(
-                    account_dir / "crypto",
-                    user_id=creds.user_id,
-                    device_id=creds.device_id,
-                    access_token=creds.access_token,
-                    pickle_key=creds.pickle_key,
-                )
-            )
-        except BaseException:
-            await self.db(cache.close)
-            await transport.aclose()
-            raise
+        # The cache is served from here on: reads do not wait for the crypto
+        # machine (loading nio and its store is most of a warm start), only
+        # the network services do (:meth:`_run_session`).
         self.session = session
         # The instance id names the change log: the same across restarts (UIs
         # catch up by seq), new with a new cache (UIs are told to reload).
         self.instance_id = await self.db(lambda: cache.log_id)
         self.server.instance_id = self.instance_id
-        session.crypto_service = CryptoService(
-            session.crypto,
-            transport=transport,
-            db=self.db,
-            publish=self.publish,
-            seq=lambda: cache.last_seq,
-        )
         session.outbox = OutboxService(
-            transport=transport,
-            cache=cache,
-            db=self.db,
-            publish=self.publish,
-            crypto=session.crypto_service,
+            transport=transport, cache=cache, db=self.db, publish=self.publish
         )
         session.sync = SyncService(
             transport=transport,
@@ -326,14 +309,56 @@ class Daemon:
             set_state=self.set_state,
             on_synced=session.outbox.homeserver_reachable,
             own_user_id=creds.user_id,
-            crypto=session.crypto_service,
         )
         self.set_state("connecting")
-        await self._nursery.start(self._run_session, session)
+        await self._nursery.start(self._run_session, session, account_dir / "crypto")
+
+    async def _load_crypto(self, session: AccountSession, store_dir: Path) -> bool:
+        """nio's Olm machine, on a worker thread (its import alone takes a while)."""
+        creds = session.creds
+
+        def load() -> Crypto:
+            from skiffyd.matrix.crypto import Crypto
+
+            return Crypto.load(
+                store_dir,
+                user_id=creds.user_id,
+                device_id=creds.device_id,
+                access_token=creds.access_token,
+                pickle_key=creds.pickle_key,
+            )
+
+        try:
+            crypto = await trio.to_thread.run_sync(load)
+        except SkiffyError as exc:
+            session.crypto_loaded.set()
+            # Reads go on from the cache; nothing is sent or synced without
+            # the machine (plaintext must never go into an encrypted room).
+            log.error("session.crypto_failed", code=exc.code)
+            self.last_error = exc.message
+            self.set_state("offline", exc.code)
+            return False
+        from skiffyd.matrix.crypto import CryptoService
+
+        cache = session.cache
+        service = CryptoService(
+            crypto,
+            transport=session.transport,
+            db=self.db,
+            publish=self.publish,
+            seq=lambda: cache.last_seq,
+        )
+        session.crypto, session.crypto_service = crypto, service
+        assert session.outbox is not None
+        assert session.sync is not None
+        session.outbox.crypto = session.sync.crypto = service
+        session.crypto_loaded.set()
+        return True
 
     async def _run_session(
         self,
         session: AccountSession,
+        crypto_dir: Path,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -341,15 +366,17 @@ class Daemon:
         assert session.outbox is not None
         # Started from a command (login): not that command's log context.
         structlog.contextvars.clear_contextvars()
+        task_status.started()
         try:
             with session.cancel_scope:
+                if not await self._load_crypto(session, crypto_dir):
+                    return
+                assert session.crypto_service is not None
                 async with trio.open_nursery() as nursery:
                     await nursery.start(session.outbox.run)
                     await nursery.start(session.sync.run)
-                    task_status.started()
-                    if session.crypto_service is not None:
-                        await nursery.start(session.crypto_service.run)
-                        nursery.start_soon(self._decrypt_waiting, session)
+                    await nursery.start(session.crypto_service.run)
+                    nursery.start_soon(self._decrypt_waiting, session)
                     nursery.start_soon(self._learn_server, session)
         except* SessionExpiredError as group:
             # Services run in a nursery: their errors arrive as a group.
@@ -397,7 +424,7 @@ class Daemon:
     async def _verify(
         self, request: wire.VerifyStart | wire.VerifyAccept | wire.VerifyConfirm | wire.VerifyCancel
     ) -> wire.VerificationResult:
-        service = self._crypto_service()
+        service = await self._crypto_service()
         machine = service.crypto
         if isinstance(request, wire.VerifyStart):
             check_user_id(request.user_id)
@@ -411,15 +438,21 @@ class Daemon:
             info = await service.verify(step, request.transaction_id)
         return wire.VerificationResult(verification=info)
 
-    def _crypto_service(self) -> CryptoService:
+    async def _crypto_service(self) -> CryptoService:
+        """The session's crypto service, waiting (a little) for it to load after a start."""
         s = self.require_session()
-        assert s.crypto_service is not None
+        with trio.move_on_after(CRYPTO_LOAD_WAIT_S):
+            await s.crypto_loaded.wait()
+        if s.crypto_service is None:
+            raise SkiffyError(
+                "the encryption store is not loaded yet (or failed to load: see status)",
+                code=wire.ErrorCode.CRYPTO_NOT_READY,
+            )
         return s.crypto_service
 
     async def _import_keys(self, request: wire.KeysImport) -> wire.KeysImportResult:
         s = self.require_session()
-        crypto = s.crypto
-        assert crypto is not None
+        crypto = (await self._crypto_service()).crypto
         added, skipped = await self.db(crypto.import_sessions, request.sessions)
         decrypted = 0
         if added:
@@ -561,18 +594,16 @@ class Daemon:
                 s = self.require_session()
                 user_id = request.user_id or s.creds.user_id
                 check_user_id(user_id)
-                return wire.DevicesResult(
-                    user_id=user_id, devices=await self._crypto_service().devices(user_id)
-                )
+                service = await self._crypto_service()
+                return wire.DevicesResult(user_id=user_id, devices=await service.devices(user_id))
             case wire.KeysExport():
-                s = self.require_session()
-                assert s.crypto is not None
+                machine = (await self._crypto_service()).crypto
                 log.info("crypto.keys_exported")
-                return wire.KeysExportResult(sessions=await self.db(s.crypto.export_sessions))
+                return wire.KeysExportResult(sessions=await self.db(machine.export_sessions))
             case wire.KeysImport():
                 return await self._import_keys(request)
             case wire.Verifications():
-                service = self._crypto_service()
+                service = await self._crypto_service()
                 return wire.VerificationsResult(verifications=await service.publish_verifications())
             case (
                 wire.VerifyStart()

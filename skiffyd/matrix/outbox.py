@@ -72,7 +72,7 @@ class OutboxService:
         publish: Callable[[Sequence[Event]], None],
         crypto: CryptoService | None = None,
     ) -> None:
-        self._crypto = crypto
+        self.crypto = crypto
         self._transport = transport
         self._cache = cache
         self._db = db
@@ -119,11 +119,11 @@ class OutboxService:
         # Checked at send time: encryption may have been turned on after the
         # item was queued. Plaintext never goes into an encrypted room.
         if item.kind == "event" and await self._db(self._cache.room_is_encrypted, item.room_id):
-            if self._crypto is None:
+            if self.crypto is None:
                 raise _NoEncryption
             assert item.event_type is not None
             # A retry encrypts again: the same txnId still makes it one event.
-            body = await self._crypto.encrypt(item.room_id, item.event_type, request.body)
+            body = await self.crypto.encrypt(item.room_id, item.event_type, request.body)
             request = encrypted_request(item, body)
         data = await self._transport.request(request.method, request.path, json=request.body)
         if item.kind == "receipt":

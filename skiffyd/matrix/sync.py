@@ -71,7 +71,7 @@ class SyncService:
         own_user_id: str,
         crypto: CryptoService | None = None,
     ) -> None:
-        self._crypto = crypto
+        self.crypto = crypto
         self._transport = transport
         self._cache = cache
         self._db = db
@@ -142,7 +142,7 @@ class SyncService:
                 await trio.sleep(delay)
                 continue
             keys: list[RoomKey] = []
-            machine = self._crypto.crypto if self._crypto is not None else None
+            machine = self.crypto.crypto if self.crypto is not None else None
             if machine is not None:
                 # Before the rooms: a key and the messages it opens may come
                 # in the same response. Keys are stored as they come; if the
@@ -183,5 +183,5 @@ class SyncService:
             backoff.reset()
             self._set_state("ready", None)
             self._on_synced()
-            if self._crypto is not None:
-                self._crypto.wake()
+            if self.crypto is not None:
+                self.crypto.wake()
