@@ -75,6 +75,10 @@ T = TypeVar("T")
 CRYPTO_LOAD_WAIT_S = 30.0
 
 
+def _import_crypto() -> None:
+    import skiffyd.matrix.crypto  # noqa: F401  (nio and vodozemac: a slow import)
+
+
 def acquire_lock(paths: Paths) -> int:
     paths.ensure_private_dir(paths.runtime_dir)
     fd = os.open(paths.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -189,6 +193,11 @@ class Daemon:
                     self._nursery = nursery
                     await nursery.start(self.server.run)
                     await self._resume()
+                    if self.session is None:
+                        # Logged out: load nio now, off the event loop, so a
+                        # login does not wait for it (a resumed session loads
+                        # it itself, after the cache is served).
+                        nursery.start_soon(trio.to_thread.run_sync, _import_crypto)
                     notify("READY=1", f"STATUS={self.state}", f"MAINPID={os.getpid()}")
                     log.info(
                         "daemon.ready",
