@@ -146,6 +146,8 @@ class Daemon:
         self.session: AccountSession | None = None
         self._limiter = trio.CapacityLimiter(1)
         self._session_lock = trio.Lock()
+        #: The account being resumed at start, until its session exists.
+        self._resuming: str | None = None
         self._backfill_locks: dict[str, trio.Lock] = {}
         self._sso_flows: dict[str, sso.SsoFlow] = {}
         self.settings = Settings()
@@ -271,19 +273,26 @@ class Daemon:
             return
         if not user_id:
             return
+        # Commands are served while the account resumes: status says whose
+        # session is coming (a scrypt-protected credentials file takes a while).
+        self._resuming = user_id
+        self.set_state("connecting")
         try:
             creds = await trio.to_thread.run_sync(credentials.load, user_id)
             if creds is None:
                 log.warning("daemon.no_credentials_for_account")
-                self.last_error = (
-                    "the credentials store has nothing for the stored account: log in again"
+                self.set_state(
+                    "logged_out",
+                    "the credentials store has nothing for the stored account: log in again",
                 )
                 return
             await self._start_session(creds)
         except SkiffyError as exc:
             # Stay up: status must be able to say what is wrong.
             log.error("daemon.resume_failed", code=exc.code)
-            self.last_error = exc.message
+            self.set_state("logged_out", exc.message)
+        finally:
+            self._resuming = None
 
     async def _start_session(self, creds: Credentials) -> None:
         assert self._nursery is not None
@@ -645,7 +654,7 @@ class Daemon:
         pending = await self.db(s.cache.outbox_count) if s else 0
         return wire.StatusResult(
             state=self.state,
-            user_id=s.creds.user_id if s else None,
+            user_id=s.creds.user_id if s else self._resuming,
             homeserver=s.creds.homeserver if s else None,
             device_id=s.creds.device_id if s else None,
             last_seq=s.cache.last_seq if s else 0,
