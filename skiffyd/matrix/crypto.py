@@ -167,22 +167,17 @@ class Crypto:
         olm = self._olm
         keys: list[RoomKey] = []
         for raw in to_device:
-            if self.verification.on_raw(raw):
-                continue  # the request step of a verification (nio lacks it)
-            event = nio.ToDeviceEvent.parse_event(raw)
-            if event is None or isinstance(event, (nio.BadEvent, nio.UnknownBadEvent)):
-                log.info("crypto.to_device_ignored", type=raw.get("type"))
-                continue
-            if isinstance(event, nio.KeyVerificationStart):
-                self.verification.on_start(event)
-                continue
             try:
-                decrypted = olm.handle_to_device_event(event)
+                key = self._to_device(raw)
             except nio.EncryptionError as exc:
                 log.info("crypto.to_device_undecryptable", error=type(exc).__name__)
                 continue
-            if isinstance(decrypted, nio.RoomKeyEvent):  # forwarded keys too
-                keys.append(RoomKey(decrypted.room_id, decrypted.session_id))
+            except Exception as exc:  # nio's parsers trust their input
+                # A malformed event from the server must not stop the sync.
+                log.warning("crypto.to_device_bad", error=type(exc).__name__)
+                continue
+            if key is not None:
+                keys.append(key)
         # Key requests from the account's own verified devices are answered
         # (queued as to-device messages); others are left unanswered.
         olm.collect_key_requests()
@@ -199,6 +194,22 @@ class Crypto:
         if "signed_curve25519" in otk_counts:
             olm.uploaded_key_count = otk_counts["signed_curve25519"]
         return keys
+
+    def _to_device(self, raw: dict[str, Any]) -> RoomKey | None:
+        """One to-device event; the room key it brought, if any."""
+        if self.verification.on_raw(raw):
+            return None  # the request step of a verification (nio lacks it)
+        event = nio.ToDeviceEvent.parse_event(raw)
+        if event is None or isinstance(event, (nio.BadEvent, nio.UnknownBadEvent)):
+            log.info("crypto.to_device_ignored")
+            return None
+        if isinstance(event, nio.KeyVerificationStart):
+            self.verification.on_start(event)
+            return None
+        decrypted = self._olm.handle_to_device_event(event)
+        if isinstance(decrypted, nio.RoomKeyEvent):  # forwarded keys too
+            return RoomKey(decrypted.room_id, decrypted.session_id)
+        return None
 
     def note_members(self, room_id: str, changes: Iterable[MemberChange]) -> None:
         """Sync's member changes of a room (its joined and invited members)."""
@@ -234,13 +245,17 @@ class Crypto:
         }
         if unsigned is not None and unsigned.transaction_id is not None:
             source["unsigned"] = {"transaction_id": unsigned.transaction_id}
-        megolm = nio.Event.parse_encrypted_event(source)
-        if not isinstance(megolm, nio.MegolmEvent):
-            return None
         try:
-            plain = self._olm.decrypt_megolm_event(megolm, room_id)
-        except nio.EncryptionError:
-            self._request_key(room_id, megolm)
+            megolm = nio.Event.parse_encrypted_event(source)
+            if not isinstance(megolm, nio.MegolmEvent):
+                return None
+            try:
+                plain = self._olm.decrypt_megolm_event(megolm, room_id)
+            except nio.EncryptionError:
+                self._request_key(room_id, megolm)
+                return None
+        except Exception as exc:  # nio trusts its input; a bad event stays unreadable
+            log.warning("crypto.event_bad", error=type(exc).__name__)
             return None
         if isinstance(plain, (nio.BadEvent, nio.UnknownBadEvent)):
             return None

@@ -55,6 +55,8 @@ def test_unknown_session_or_garbage_is_not_decrypted(crypto: Crypto) -> None:
     content["session_id"] = "not-a-session"
     assert crypto.decrypt(ROOM, event(content, "$1")) is None
     assert crypto.decrypt(ROOM, event({"algorithm": "m.megolm.v1.aes-sha2"}, "$2")) is None
+    odd = {"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": 5, "session_id": [], "sender_key": {}}
+    assert crypto.decrypt(ROOM, event(odd, "$3")) is None
 
 
 def test_a_member_leaving_rotates_the_session_a_join_does_not(crypto: Crypto) -> None:
@@ -111,3 +113,15 @@ def test_device_list_changes_follow_tracked_users_only(crypto: Crypto) -> None:
     assert olm.tracked_users == set()
     crypto.track(["@c:example.org"])  # a room shared again: asked again
     assert crypto.users_to_query() == ["@c:example.org"]
+
+
+def test_malformed_to_device_events_are_skipped_not_fatal(crypto: Crypto) -> None:
+    garbage = [
+        {"type": "m.room.encrypted"},  # no content at all
+        {"type": "m.room_key_request", "content": {"action": "request"}},  # fields missing
+        {"type": "m.key.verification.start", "sender": 5, "content": {"x": 1}},
+        {"type": "m.room.encrypted", "sender": "@x:y", "content": {"algorithm": "nope"}},
+        {"content": {"transaction_id": "t"}},
+    ]
+    assert crypto.receive(garbage, [], [], {}) == []
+    assert crypto.verifications() == []
