@@ -348,13 +348,13 @@ class Daemon:
 
         try:
             crypto = await trio.to_thread.run_sync(load)
-        except SkiffyError as exc:
+        except Exception as exc:  # nio's store raises its own (SQLite, unpickling)
             session.crypto_loaded.set()
             # Reads go on from the cache; nothing is sent or synced without
             # the machine (plaintext must never go into an encrypted room).
-            log.error("session.crypto_failed", code=exc.code)
-            self.last_error = exc.message
-            self.set_state("offline", exc.code)
+            code = exc.code if isinstance(exc, SkiffyError) else type(exc).__name__
+            log.error("session.crypto_failed", code=code)
+            self.set_state("offline", f"the encryption store did not load ({code})")
             return False
         from skiffyd.matrix.crypto import CryptoService
 

@@ -433,3 +433,23 @@ def test_a_member_leaving_rotates_the_room_key(
         interval=0.5,
         what="the remaining member to read the new session",
     )
+
+
+def test_a_crypto_store_that_does_not_load_leaves_reads_working(ready: Ready) -> None:
+    inst = ready.daemon
+    room_id = ready.shared_room("Still readable")
+    text = unique("readable")
+    event_id = ready.peer.send_text(room_id, text)
+    until(inst, "the message", lambda: row_with(inst, room_id, event_id))
+    inst.terminate()
+    stores = [p for p in inst.data_home.rglob("crypto.db") if p.is_file()]
+    assert len(stores) == 1
+    stores[0].write_bytes(b"this is not a database" * 100)
+    inst.start()
+    status = until(
+        inst, "the session offline", lambda: (st := inst.status())["state"] == "offline" and st
+    )
+    assert "encryption store" in (status["last_error"] or "")
+    assert row_with(inst, room_id, event_id)["body"] == text  # type: ignore[index]
+    r = inst.cli("devices")
+    assert error_code(r, "devices without a crypto store") == "SKIFFY_CRYPTO_NOT_READY"
