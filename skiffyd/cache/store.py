@@ -1043,24 +1043,8 @@ class Cache:
             self._scalar("SELECT 1 FROM redactions WHERE event_id = ?", (item.event_id,))
             is not None
         )
-        rel = item.relation
-        if rel is not None:
-            self._conn.execute(
-                "INSERT OR IGNORE INTO relations(event_id, room_id, target, rel_type, sender, ts, "
-                "key, new_content, redacted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    rel.event_id,
-                    item.room_id,
-                    rel.target,
-                    rel.rel_type,
-                    rel.sender,
-                    rel.ts,
-                    rel.key,
-                    _pack(rel.new_content) if rel.new_content is not None else None,
-                    int(redacted),
-                ),
-            )
-            work.touched_targets.add(rel.target)
+        if item.relation is not None:
+            self._insert_relation(work, item.room_id, item.relation, redacted=redacted)
         if item.txn_id is not None and item.sender == self._own_user_id:
             # Our own item came back in sync: it is delivered, whatever it was.
             info = self._outbox_info(item.txn_id)
@@ -1124,6 +1108,25 @@ class Cache:
             work.last_ord = max(work.last_ord, inserted[0])
         work.added_rooms.add(item.room_id)
         return pos, item.event_id
+
+    def _insert_relation(self, work: _Work, room_id: str, rel: Relation, *, redacted: bool) -> None:
+        """Store an edit, reaction or thread reply (once); its target re-derives."""
+        self._conn.execute(
+            "INSERT OR IGNORE INTO relations(event_id, room_id, target, rel_type, sender, ts, "
+            "key, new_content, redacted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                rel.event_id,
+                room_id,
+                rel.target,
+                rel.rel_type,
+                rel.sender,
+                rel.ts,
+                rel.key,
+                _pack(rel.new_content) if rel.new_content is not None else None,
+                int(redacted),
+            ),
+        )
+        work.touched_targets.add(rel.target)
 
     def _derive_message(self, ord_: int) -> bool:
         """Recompute a row's display from its original and its relations.
@@ -1379,23 +1382,8 @@ class Cache:
                 ord_,
             ),
         )
-        rel = item.relation
-        if rel is not None:  # a thread reply: it counts on its root
-            self._conn.execute(
-                "INSERT OR IGNORE INTO relations(event_id, room_id, target, rel_type, sender, ts, "
-                "key, new_content, redacted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
-                (
-                    rel.event_id,
-                    item.room_id,
-                    rel.target,
-                    rel.rel_type,
-                    rel.sender,
-                    rel.ts,
-                    rel.key,
-                    _pack(rel.new_content) if rel.new_content is not None else None,
-                ),
-            )
-            work.touched_targets.add(rel.target)
+        if item.relation is not None:  # a thread reply: it counts on its root
+            self._insert_relation(work, item.room_id, item.relation, redacted=False)
         work.touched_targets.add(item.event_id)
         work.changed.add(ord_)
 
