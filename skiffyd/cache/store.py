@@ -213,6 +213,27 @@ def _derive_display(
 _RELATION_COLUMNS = "event_id, target, rel_type, sender, ts, key, new_content"
 
 
+_INSERT_RELATION = (
+    "INSERT OR IGNORE INTO relations(event_id, room_id, target, rel_type, sender, ts, key, "
+    "new_content, redacted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _relation_row(room_id: str, rel: Relation, redacted: bool) -> tuple[Any, ...]:
+    """The parameters of :data:`_INSERT_RELATION` for ``rel``."""
+    return (
+        rel.event_id,
+        room_id,
+        rel.target,
+        rel.rel_type,
+        rel.sender,
+        rel.ts,
+        rel.key,
+        _pack(rel.new_content) if rel.new_content is not None else None,
+        int(redacted),
+    )
+
+
 def _relation_from_row(r: tuple[Any, ...]) -> Relation:
     return Relation(
         event_id=r[0],
@@ -713,17 +734,7 @@ class Cache:
             rel = item.relation
             if rel is not None:
                 relation_rows.append(
-                    (
-                        rel.event_id,
-                        room_id,
-                        rel.target,
-                        rel.rel_type,
-                        rel.sender,
-                        rel.ts,
-                        rel.key,
-                        _pack(rel.new_content) if rel.new_content is not None else None,
-                        int(item.redacted or item.event_id in redacted),
-                    )
+                    _relation_row(room_id, rel, item.redacted or item.event_id in redacted)
                 )
                 work.touched_targets.add(rel.target)
             if item.txn_id is not None and item.sender == self._own_user_id:
@@ -737,8 +748,7 @@ class Cache:
                 new.append(item)
         if relation_rows:
             self._conn.executemany(
-                "INSERT OR IGNORE INTO relations(event_id, room_id, target, rel_type, sender, ts, "
-                "key, new_content, redacted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _INSERT_RELATION,
                 relation_rows,
             )
         if not new:
@@ -1111,21 +1121,7 @@ class Cache:
 
     def _insert_relation(self, work: _Work, room_id: str, rel: Relation, *, redacted: bool) -> None:
         """Store an edit, reaction or thread reply (once); its target re-derives."""
-        self._conn.execute(
-            "INSERT OR IGNORE INTO relations(event_id, room_id, target, rel_type, sender, ts, "
-            "key, new_content, redacted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                rel.event_id,
-                room_id,
-                rel.target,
-                rel.rel_type,
-                rel.sender,
-                rel.ts,
-                rel.key,
-                _pack(rel.new_content) if rel.new_content is not None else None,
-                int(redacted),
-            ),
-        )
+        self._conn.execute(_INSERT_RELATION, _relation_row(room_id, rel, redacted))
         work.touched_targets.add(rel.target)
 
     def _derive_message(self, ord_: int) -> bool:
