@@ -443,15 +443,15 @@ class Daemon:
         self, request: wire.VerifyStart | wire.VerifyAccept | wire.VerifyConfirm | wire.VerifyCancel
     ) -> wire.VerificationResult:
         service = await self._crypto_service()
-        machine = service.crypto
+        book = service.crypto.verification
         if isinstance(request, wire.VerifyStart):
             check_user_id(request.user_id)
-            info = await service.verify(machine.verify_start, request.user_id, request.device_id)
+            info = await service.verify(book.start, request.user_id, request.device_id)
         else:
             step = {
-                wire.VerifyAccept: machine.verify_accept,
-                wire.VerifyConfirm: machine.verify_confirm,
-                wire.VerifyCancel: machine.verify_cancel,
+                wire.VerifyAccept: book.accept,
+                wire.VerifyConfirm: book.confirm,
+                wire.VerifyCancel: book.cancel,
             }[type(request)]
             info = await service.verify(step, request.transaction_id)
         return wire.VerificationResult(verification=info)

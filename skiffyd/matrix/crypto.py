@@ -363,23 +363,6 @@ class Crypto:
             )
         return sorted(out, key=lambda d: d.device_id)
 
-    # -------------------------------------------------------- verification
-
-    def verifications(self) -> list[VerificationInfo]:
-        return self.verification.infos()
-
-    def verify_start(self, user_id: str, device_id: str) -> VerificationInfo:
-        return self.verification.start(user_id, device_id)
-
-    def verify_accept(self, transaction_id: str) -> VerificationInfo:
-        return self.verification.accept(transaction_id)
-
-    def verify_confirm(self, transaction_id: str) -> VerificationInfo:
-        return self.verification.confirm(transaction_id)
-
-    def verify_cancel(self, transaction_id: str) -> VerificationInfo:
-        return self.verification.cancel(transaction_id)
-
     # --------------------------------------------------------- key backup
 
     def export_sessions(self) -> list[dict[str, Any]]:
@@ -615,7 +598,7 @@ class CryptoService:
 
     async def publish_verifications(self) -> list[VerificationInfo]:
         """Tell UIs of verifications that changed since they were last told."""
-        now: list[VerificationInfo] = await self._db(self.crypto.verifications)
+        now: list[VerificationInfo] = await self._db(self.crypto.verification.infos)
         changed = [v for v in now if self._told.get(v.transaction_id) != v]
         self._told = {v.transaction_id: v for v in now}
         if changed:
@@ -625,7 +608,7 @@ class CryptoService:
 
     async def verify(self, step: Callable[..., VerificationInfo], *args: str) -> VerificationInfo:
         """One verification step by the user: apply it, send what it says, publish."""
-        if step == self.crypto.verify_start:
+        if step == self.crypto.verification.start:
             await self._db(self.crypto.track, [args[0]])
             await self.query_keys()
         info: VerificationInfo = await self._db(step, *args)

@@ -124,4 +124,4 @@ def test_malformed_to_device_events_are_skipped_not_fatal(crypto: Crypto) -> Non
         {"content": {"transaction_id": "t"}},
     ]
     assert crypto.receive(garbage, [], [], {}) == []
-    assert crypto.verifications() == []
+    assert crypto.verification.infos() == []
