@@ -282,13 +282,46 @@ def test_a_cancelled_echos_row_number_is_not_reused(cache: Cache) -> None:
     cache.apply_sync(_plan("s1", _msg("$1", "one")))
     _send(cache, "oops", "t1")
     cache.cancel("t1")
+    _send(cache, "again", "t2")  # an echo numbered by SQL, not by a sync
+    cache.cancel("t2")
     cache.apply_sync(_plan("s2", _msg("$2", "two")))
+    _send(cache, "three", "t3")
     bodies = [
         e.message.body
         for e in cache.changes_since(0, 100).events
         if isinstance(e, MessageAdded | MessageUpdated)
     ]
-    assert bodies == ["one", "two"]
+    assert bodies == ["one", "two", "three"]
+
+
+def test_row_numbers_stay_unique_across_the_autoincrement_migration(
+    tmp_path: Path, key: str
+) -> None:
+    """Migration 3 drops AUTOINCREMENT: the highest number it had handed out
+    (a deleted row's, above every stored one) must still not be reused."""
+    path = tmp_path / "c.db"
+    conn = apsw.Connection(str(path))
+    conn.execute(f"PRAGMA hexkey='{key}'")
+    for step in MIGRATIONS[:2]:
+        conn.execute(step)
+    conn.execute("PRAGMA user_version = 2")
+    conn.execute(
+        "INSERT INTO messages(room_id, pos, event_id, type, sender, ts, status, content, body) "
+        "VALUES ('!room:x', 0, '$old', 'm.room.message', '@a:x', 1, 'sent', x'80', 'old'), "
+        "('!room:x', 1, NULL, 'm.room.message', '@me:x', 2, 'pending', x'80', 'gone')"
+    )
+    conn.execute("DELETE FROM messages WHERE body = 'gone'")  # ord 2, above MAX(ord) = 1
+    conn.close()
+    c = Cache.open(path, key, ME)
+    try:
+        assert c._scalar("PRAGMA user_version") == len(MIGRATIONS)
+        assert c._scalar("SELECT body FROM messages WHERE ord = 1") == "old"
+        c.apply_sync(_plan("s1", _msg("$new", "new")))
+        assert c._scalar("SELECT ord FROM messages WHERE event_id = '$new'") == 3
+        _send(c, "queued", "t1")
+        assert c._scalar("SELECT ord FROM messages WHERE txn_id = 't1'") == 4
+    finally:
+        c.close()
 
 
 class _Keys:
