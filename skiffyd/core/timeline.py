@@ -31,6 +31,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -91,8 +93,12 @@ def redact_content(event_type: str, content: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
-@dataclass(slots=True, frozen=True)
-class Relation:
+# Relation and TimelineItem are msgspec Structs rather than dataclasses:
+# one of each is made per event of a sync, and a Struct is built about 4x
+# faster (tens of thousands per initial sync). gc=False: they hold no cycles.
+
+
+class Relation(msgspec.Struct, frozen=True, gc=False):
     """An event that changes another: an edit, a reaction or a thread reply."""
 
     event_id: str
@@ -104,8 +110,7 @@ class Relation:
     new_content: dict[str, Any] | None = None  # an edit's m.new_content
 
 
-@dataclass(slots=True)
-class TimelineItem:
+class TimelineItem(msgspec.Struct, gc=False):
     event_id: str
     room_id: str
     type: str
