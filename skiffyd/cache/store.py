@@ -22,7 +22,8 @@ from ``_last_seq`` and the connection is never shared between threads at once.
 
 A wrong key opens without error and fails on the first read, so
 :meth:`Cache.open` reads ``sqlite_master`` right after keying and turns that
-failure into :class:`~skiffyd.errors.CacheWrongKeyError`.
+failure into :class:`~skiffyd.errors.CacheWrongKeyError`. The key is used
+with one round of key derivation (:data:`KEY_SETTINGS`).
 """
 
 from __future__ import annotations
@@ -92,6 +93,14 @@ PAGE_CACHE_KIB = 8192
 #: 64 KiB did no better; docs/benchmarks.md). An existing cache keeps the
 #: size it was made with.
 PAGE_SIZE = 16384
+
+#: How the cache key becomes the cipher's key. The key is 256 random bits
+#: from the keyring, not a password: stretching it (SQLite3MC's default is
+#: 64,007 rounds of PBKDF2-SHA256, ~40 ms of every open, a fifth of a warm
+#: start's work after the imports) adds nothing an attacker would notice, so
+#: one round derives the page key. A cache made with the default opens too
+#: (:meth:`Cache.open` falls back to it).
+KEY_SETTINGS = ("PRAGMA cipher='chacha20'", "PRAGMA kdf_iter=1")
 
 #: The lengths IN lists are padded to (see :meth:`Cache._in`).
 _IN_SIZES = (4, 16, 64, 256)
@@ -362,23 +371,17 @@ class Cache:
         # Created 0600 before SQLite touches it (SQLite honours an existing mode).
         fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
         os.close(fd)
-        try:
-            conn = apsw.Connection(str(path))
-        except apsw.Error as exc:
-            raise CacheError(f"cannot open the cache file: {type(exc).__name__}") from exc
-        try:
-            conn.execute(f"PRAGMA hexkey='{key_hex}'")
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
-        except apsw.NotADBError as exc:
-            conn.close()
+        conn = _open_keyed(path, key_hex, KEY_SETTINGS)
+        if conn is None:
+            # A cache made before KEY_SETTINGS: SQLite3MC's default key
+            # stretching (about 40 ms more to open).
+            conn = _open_keyed(path, key_hex, ())
+        if conn is None:
             raise CacheWrongKeyError(
                 "the cache cannot be decrypted with the key in the keyring "
                 "(wrong key, or not a skiffyd cache); log out and in again to start a new one",
                 details={"path": str(path)},
-            ) from exc
-        except apsw.Error as exc:
-            conn.close()
-            raise CacheError(f"cannot read the cache: {type(exc).__name__}") from exc
+            )
         # Only takes effect on a file with no pages yet (a new cache); it must
         # come before WAL mode, which fixes the page size.
         conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
@@ -1795,6 +1798,28 @@ class Cache:
     def direct_map(self) -> dict[str, list[str]]:
         value = self._scalar("SELECT value FROM meta WHERE key = 'm.direct'")
         return json.loads(value) if isinstance(value, str) else {}
+
+
+def _open_keyed(path: Path, key_hex: str, settings: tuple[str, ...]) -> apsw.Connection | None:
+    """A connection to ``path`` keyed with ``key_hex`` under ``settings``;
+    None if that does not decrypt it (a wrong key opens without error and
+    fails on the first read, so this reads)."""
+    try:
+        conn = apsw.Connection(str(path))
+    except apsw.Error as exc:
+        raise CacheError(f"cannot open the cache file: {type(exc).__name__}") from exc
+    try:
+        for pragma in settings:
+            conn.execute(pragma)
+        conn.execute(f"PRAGMA hexkey='{key_hex}'")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+    except apsw.NotADBError:
+        conn.close()
+        return None
+    except apsw.Error as exc:
+        conn.close()
+        raise CacheError(f"cannot read the cache: {type(exc).__name__}") from exc
+    return conn
 
 
 def migrate(conn: apsw.Connection) -> None:
