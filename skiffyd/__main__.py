@@ -1,5 +1,5 @@
 """``python -m skiffyd`` is the ``skiffyd`` command."""
 
-from skiffyd.cli import main
+from skiffyd.entry import main
 
 main()

@@ -95,8 +95,13 @@ def configure(level: str | None = None) -> None:
     _threshold = logging.getLevelNamesMapping().get(level_name, logging.INFO)
     fmt = os.environ.get("SKIFFY_LOG_FORMAT", "auto")
     pretty = fmt == "pretty" or (fmt == "auto" and sys.stderr.isatty())
+    # Pretty output renders tracebacks as plain text: structlog's default,
+    # when rich is installed, is a rich traceback WITH local variables, which
+    # could put a token or a password on the terminal.
     renderer: Any = (
-        structlog.dev.ConsoleRenderer() if pretty else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+        if pretty
+        else structlog.processors.JSONRenderer()
     )
     structlog.configure(
         processors=[

@@ -44,19 +44,6 @@ R = TypeVar("R", bound=wire.Result)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
-#: Exit status of ``skiffyd run`` when it cannot start for a reason a restart
-#: will not fix (no keyring, already running, bad config): sysexits' EX_CONFIG,
-#: which the systemd unit lists in RestartPreventExitStatus.
-EXIT_CONFIG = 78
-_CONFIG_CODES = frozenset(
-    {
-        wire.ErrorCode.CREDENTIALS_NO_KEYRING,
-        wire.ErrorCode.DAEMON_ALREADY_RUNNING,
-        wire.ErrorCode.CONFIG_INVALID,
-    }
-)
-
-
 def _fail(message: str, code: str | None = None, *, status: int = 1) -> NoReturn:
     line = f"skiffyd: {message}" + (f" [{code}]" if code else "")
     print(line.replace("\n", " "), file=sys.stderr)
@@ -87,28 +74,9 @@ def _fmt_ts(ms: int) -> str:
 @app.command()
 def run() -> None:
     """Run the daemon in the foreground (what systemd or launchd starts)."""
-    import trio
+    from skiffyd.entry import run_daemon
 
-    from skiffyd import logs
-    from skiffyd.daemon import serve
-
-    logs.configure()
-    try:
-        trio.run(serve)
-    except SkiffyError as exc:
-        _fail(exc.message, exc.code, status=EXIT_CONFIG if exc.code in _CONFIG_CODES else 1)
-    except BaseExceptionGroup as group:
-        errors = [e for e in _leaves(group) if isinstance(e, SkiffyError)]
-        if errors:
-            code = errors[0].code
-            _fail(errors[0].message, code, status=EXIT_CONFIG if code in _CONFIG_CODES else 1)
-        raise
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
-    return [exc]
+    raise typer.Exit(run_daemon())
 
 
 @app.command()

@@ -7,21 +7,30 @@ Element does, so a plain message stays plain.
 
 from __future__ import annotations
 
+import functools
 import html
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from markdown_it import MarkdownIt
-
-_md = MarkdownIt("commonmark", {"html": False, "linkify": False, "breaks": True}).enable(
-    ["strikethrough", "table"]
-)
+if TYPE_CHECKING:
+    from markdown_it import MarkdownIt
 
 HTML_FORMAT = "org.matrix.custom.html"
 
 
+@functools.cache
+def _parser() -> MarkdownIt:
+    # Made on the first message sent, not at import: markdown-it's import is
+    # ~30 ms of the daemon's start, before the cache is served.
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False, "linkify": False, "breaks": True}).enable(
+        ["strikethrough", "table"]
+    )
+
+
 def render(body: str) -> str | None:
     """The HTML for ``body``, or None when it has no markup worth sending."""
-    rendered = str(_md.render(body)).strip()
+    rendered = str(_parser().render(body)).strip()
     # A single paragraph whose text is just the escaped body: nothing to format.
     plain = "<p>" + html.escape(body, quote=False).replace("\n", "<br />\n") + "</p>"
     if rendered == plain:

@@ -52,16 +52,28 @@ class Transport:
         self.homeserver = normalize_homeserver(homeserver)
         self.access_token = access_token
         self.auth = auth
-        self._client = httpx.AsyncClient(
-            base_url=self.homeserver,
-            timeout=DEFAULT_TIMEOUT,
-            headers={"User-Agent": f"skiffyd/{__version__}"},
-            transport=transport,
-            follow_redirects=False,
-        )
+        self._transport = transport
+        self._http: httpx.AsyncClient | None = None
+
+    @property
+    def _client(self) -> httpx.AsyncClient:
+        # Made on the first request, not with the session: making one loads
+        # httpcore and a TLS context with the system's CA certificates
+        # (~0.1 s), which a start would otherwise pay before it serves the
+        # cache.
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                base_url=self.homeserver,
+                timeout=DEFAULT_TIMEOUT,
+                headers={"User-Agent": f"skiffyd/{__version__}"},
+                transport=self._transport,
+                follow_redirects=False,
+            )
+        return self._http
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._http is not None:
+            await self._http.aclose()
 
     async def request(
         self,

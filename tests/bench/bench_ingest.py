@@ -417,7 +417,7 @@ def _run(args: argparse.Namespace, workdir: Path, results: dict[str, Any], start
                 f"of {len(ipc_warm)}"
             )
         print(
-            f"of which interpreter start + `import skiffyd.daemon` alone: {d.import_s:.3f} s "
+            f"of which interpreter start + the daemon's imports alone: {d.import_s:.3f} s "
             "(best of 3)"
         )
         for line in d.log_lines:

@@ -182,9 +182,14 @@ class DaemonRun:
     warm: list[WarmStart]
     cli_rooms_s: float
     sync_requests: int
-    #: ``python -c "import skiffyd.daemon"``, best of 3: interpreter start and imports alone.
+    #: Interpreter start and the daemon's imports alone (as ``skiffyd run``
+    #: makes them: :mod:`skiffyd.entry`), best of 3.
     import_s: float
     log_lines: list[str] = field(default_factory=list)
+
+
+#: What ``skiffyd run`` imports before it starts (skiffyd.entry.run_daemon).
+_DAEMON_IMPORTS = "import sys; sys.modules['rich'] = None; import trio, skiffyd.daemon"
 
 
 def _last_error(inst: SkiffyInstance) -> str:
@@ -357,7 +362,7 @@ def run(corpus: Corpus, workdir: Path, *, parts: int = 1) -> DaemonRun:
     imports = []
     for _ in range(3):
         t = time.monotonic()
-        subprocess.run([sys.executable, "-c", "import skiffyd.daemon"], check=True, env=clean_env())
+        subprocess.run([sys.executable, "-c", _DAEMON_IMPORTS], check=True, env=clean_env())
         imports.append(time.monotonic() - t)
     return DaemonRun(
         rooms_expected=expected,
