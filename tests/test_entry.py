@@ -6,7 +6,6 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING
 
-import pytest
 import structlog
 
 from skiffyd import logs
@@ -14,6 +13,8 @@ from skiffyd.devenv.procs import clean_env
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    import pytest
 
 
 def _imported(stderr: str) -> set[str]:
