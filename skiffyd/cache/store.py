@@ -125,6 +125,31 @@ _LAST_ORD_SQL = (
 _event_encoder = msgspec.msgpack.Encoder()
 _event_decoder: msgspec.msgpack.Decoder[LoggedEvent] = msgspec.msgpack.Decoder(LoggedEvent)  # type: ignore[arg-type,unused-ignore]
 _pack = msgspec.msgpack.Encoder().encode
+_json_encode = msgspec.json.Encoder().encode
+
+
+def _json(value: Any) -> str:
+    """Compact JSON for the derived ``reactions`` and ``my_reactions`` columns
+    (msgspec: several times faster than ``json.dumps`` on a sync's rows).
+    Rows written before used ``json.dumps``'s spacing: see :func:`_same_derived`."""
+    return _json_encode(value).decode()
+
+
+def _same_derived(stored: tuple[Any, ...], derived: tuple[Any, ...]) -> bool:
+    """Whether a row's stored derived columns say what ``derived`` says,
+    whatever JSON spacing and escaping wrote its reactions."""
+    if stored == derived:
+        return True
+    if stored[:4] != derived[:4] or stored[6:] != derived[6:]:
+        return False
+    for a, b in ((stored[4], derived[4]), (stored[5], derived[5])):
+        if (a is None) != (b is None):
+            return False
+        if a is not None and a != b and json.loads(a) != json.loads(b):
+            return False
+    return True
+
+
 _unpack_dict = msgspec.msgpack.Decoder(dict[str, Any]).decode
 
 _ROOM_COLUMNS = (
@@ -225,8 +250,8 @@ def _derive_display(
         msgtype,
         None if display.content is content else _pack(display.content),
         int(display.edited),
-        json.dumps(display.reactions) if display.reactions else None,
-        json.dumps(display.my_reactions) if display.my_reactions else None,
+        _json(display.reactions) if display.reactions else None,
+        _json(display.my_reactions) if display.my_reactions else None,
         display.thread_count,
         display.thread_latest,
     ), display
@@ -1212,7 +1237,7 @@ class Cache:
             names=names,
             own_user_id=self._own_user_id,
         )
-        if tuple(row[7:15]) == derived:
+        if _same_derived(tuple(row[7:15]), derived):
             return False
         self._conn.execute(
             "UPDATE messages SET body = ?, msgtype = ?, display = ?, edited = ?, reactions = ?, "
