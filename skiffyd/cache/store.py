@@ -374,8 +374,10 @@ class _Work:
     #: skips ~2,000 statements and ~100,000 index probes).
     fresh: bool = False
     #: The messages table was empty when the transaction began: a room has
-    #: rows only if it is in ``added_rooms``.
+    #: rows only if it is in ``added_rooms``, an event only if in ``added_ids``.
     no_rows_before: bool = False
+    #: The event ids of the relations this transaction stored.
+    relation_ids: set[str] = dataclasses.field(default_factory=set)
 
 
 class Cache:
@@ -811,6 +813,7 @@ class Cache:
                     _relation_row(room_id, rel, item.redacted or item.event_id in redacted)
                 )
                 work.touched_targets.add(rel.target)
+                work.relation_ids.add(rel.event_id)
             if item.txn_id is not None and item.sender == self._own_user_id:
                 placed = self._store_item(work, item, pos=None)  # reconciles echoes
                 echoed = True
@@ -985,15 +988,24 @@ class Cache:
         self._conn.executemany(
             "INSERT OR IGNORE INTO redactions(event_id, redacted_by) VALUES (?, ?)", redacts
         )
-        targets = [(t,) for t, _ in redacts]
-        self._conn.executemany(
-            "UPDATE messages SET redacted = 1 WHERE event_id = ? AND redacted = 0", targets
-        )
+        ids = [t for t, _ in redacts]
+        # In a transaction that began with no rows (relations), only ids it
+        # stored itself can be there (see _Work.fresh).
+        rows = [i for i in ids if i in work.added_ids] if work.no_rows_before else ids
+        if rows:
+            self._conn.executemany(
+                "UPDATE messages SET redacted = 1 WHERE event_id = ? AND redacted = 0",
+                [(i,) for i in rows],
+            )
+        rels = [i for i in ids if i in work.relation_ids] if work.fresh else ids
         relation_targets = self._in(
-            "SELECT target FROM relations WHERE event_id IN ({marks})", [t for t, _ in redacts]
+            "SELECT target FROM relations WHERE event_id IN ({marks})", rels
         )
-        self._conn.executemany("UPDATE relations SET redacted = 1 WHERE event_id = ?", targets)
-        work.touched_targets.update(t for t, _ in redacts)
+        if rels:
+            self._conn.executemany(
+                "UPDATE relations SET redacted = 1 WHERE event_id = ?", [(i,) for i in rels]
+            )
+        work.touched_targets.update(ids)
         work.touched_targets.update(r[0] for r in relation_targets)
 
     def _upsert_members(
@@ -1193,6 +1205,7 @@ class Cache:
         """Store an edit, reaction or thread reply (once); its target re-derives."""
         self._conn.execute(_INSERT_RELATION, _relation_row(room_id, rel, redacted))
         work.touched_targets.add(rel.target)
+        work.relation_ids.add(rel.event_id)
 
     def _derive_message(self, ord_: int) -> bool:
         """Recompute a row's display from its original and its relations.
