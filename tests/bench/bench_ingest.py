@@ -14,7 +14,9 @@ deterministic for a seed):
    inserts of the same message rows into an encrypted file, one transaction;
 2. skiffyd's ingest path: decode → ``plan_sync`` → ``Cache.apply_sync`` (one
    transaction, change log) → EventBatch frames (``skiffyd.ipc.codec``), and a
-   publish through a real ``IpcServer`` Pub0 to one subscriber;
+   publish through a real ``IpcServer`` Pub0 to one subscriber; as the daemon
+   does it (a new cache's first sync does not log each message), and with
+   every message logged, alternately;
 3. incremental syncs of ONE new message into that account and into a 10-room
    account (median of many; SQL statements and SQLite VM steps per sync);
 4. a real daemon against a fake homeserver: login → ready, peak RSS, warm
@@ -195,71 +197,90 @@ def _run(args: argparse.Namespace, workdir: Path, results: dict[str, Any], start
 
     # ------------------------------------------------------ skiffyd path
     section("skiffyd ingest path: decode → plan → apply (1 txn) → change log → EventBatch")
-    runs: list[inproc.PipelineRun] = []
+    print(
+        "two variants, run alternately: AS THE DAEMON DOES IT (a new cache's first sync logs\n"
+        "rooms and members, not each message: UIs read a room's messages when they open it),\n"
+        "and EVERY MESSAGE LOGGED (what a sync into a cache that already holds rooms does)"
+    )
+    variants = {"daemon": False, "logged": True}
+    runs: dict[str, list[inproc.PipelineRun]] = {name: [] for name in variants}
     rooms_per_response: int | None = None
     one_txn_error: str | None = None
     big_cache = None
-    for i in range(max(1, args.repeat)):
-        keep = i == max(1, args.repeat) - 1
-        run, cache = inproc.run_pipeline(
-            corpus.data,
-            workdir / f"pipeline-{i}.db",
-            rooms_per_response=rooms_per_response,
-            keep_cache=keep,
-        )
-        if run.error and rooms_per_response is None:
-            one_txn_error = run.error
-            print(f"ONE transaction for the whole response FAILED: {run.error}")
-            rooms_per_response = FALLBACK_ROOMS_PER_RESPONSE
-            print(
-                f"falling back to responses of {rooms_per_response} rooms "
-                "(one transaction each) to measure the rest of the path"
-            )
+    repeat = max(1, args.repeat)
+    for i in range(repeat):
+        for name, logged in variants.items():
+            # The account the incremental syncs use: the daemon's variant.
+            keep = i == repeat - 1
             run, cache = inproc.run_pipeline(
                 corpus.data,
-                workdir / f"pipeline-{i}-split.db",
+                workdir / f"pipeline-{name}-{i}.db",
                 rooms_per_response=rooms_per_response,
-                keep_cache=keep,
+                keep_cache=keep and not logged,
+                logged=logged,
             )
-        if run.error:
-            print(f"the ingest path FAILED: {run.error}")
-            results["pipeline"] = {"error": run.error}
-            return 1
-        runs.append(run)
-        if cache is not None:
-            big_cache = cache
-        if not keep:
-            run.events.clear()  # a big live heap would slow the next run's GC
-        print(
-            f"run {i + 1} ({run.transactions} txn), wall/CPU s: decode {span_text(run.decode)}  "
-            f"plan {span_text(run.plan)}  apply {span_text(run.apply)}  "
-            f"encode {span_text(run.encode)}  = {span_text(run.total)}"
-        )
-        print(
-            f"      {rates_text(n, run.total)}; cyclic GC {run.gc_seconds:.3f} s wall in "
-            f"{sum(run.gc_collections)} collections ({run.gc_collections[2]} full)"
-        )
-    best = Span(min(r.total.wall for r in runs), min(r.total.cpu for r in runs))
-    best_run = min(runs, key=lambda r: r.total.cpu)
+            if run.error and rooms_per_response is None:
+                one_txn_error = run.error
+                print(f"ONE transaction for the whole response FAILED: {run.error}")
+                rooms_per_response = FALLBACK_ROOMS_PER_RESPONSE
+                print(
+                    f"falling back to responses of {rooms_per_response} rooms "
+                    "(one transaction each) to measure the rest of the path"
+                )
+                run, cache = inproc.run_pipeline(
+                    corpus.data,
+                    workdir / f"pipeline-{name}-{i}-split.db",
+                    rooms_per_response=rooms_per_response,
+                    keep_cache=keep and not logged,
+                    logged=logged,
+                )
+            if run.error:
+                print(f"the ingest path FAILED: {run.error}")
+                results["pipeline"] = {"error": run.error}
+                return 1
+            runs[name].append(run)
+            if cache is not None:
+                big_cache = cache
+            if not keep:
+                run.events.clear()  # a big live heap would slow the next run's GC
+            print(
+                f"{name:>6} run {i + 1} ({run.transactions} txn), wall/CPU s: decode "
+                f"{span_text(run.decode)}  plan {span_text(run.plan)}  apply "
+                f"{span_text(run.apply)}  encode {span_text(run.encode)}  = {span_text(run.total)}"
+            )
+            print(
+                f"       {rates_text(n, run.total)}; cyclic GC {run.gc_seconds:.3f} s wall in "
+                f"{sum(run.gc_collections)} collections ({run.gc_collections[2]} full)"
+            )
+    best_of = {
+        name: Span(min(r.total.wall for r in rs), min(r.total.cpu for r in rs))
+        for name, rs in runs.items()
+    }
+    best = best_of["daemon"]
+    best_run = min(runs["daemon"], key=lambda r: r.total.cpu)
     skiffyd = rates(n, best)
     met = "met" if skiffyd["wall"] >= GOAL_EVENTS_PER_S else "NOT met"
     print(
-        f"best: {span_text(best)} s → {rates_text(n, best)}   "
+        f"best, as the daemon does it: {span_text(best)} s → {rates_text(n, best)}   "
         f"[goal ≥ {GOAL_EVENTS_PER_S:,} events/s: {met}]"
     )
-    print(
-        "stage rates (CPU, best run): "
-        + " · ".join(
-            f"{name} {rate(n, getattr(best_run, name).cpu):,.0f}"
-            for name in ("decode", "plan", "apply", "encode")
+    logged_best = best_of["logged"]
+    logged_run = min(runs["logged"], key=lambda r: r.total.cpu)
+    print(f"best, every message logged: {span_text(logged_best)} s → {rates_text(n, logged_best)}")
+    for label, r in (("daemon", best_run), ("logged", logged_run)):
+        print(
+            f"stage rates ({label}, CPU, best run): "
+            + " · ".join(
+                f"{stage} {rate(n, getattr(r, stage).cpu):,.0f}"
+                for stage in ("decode", "plan", "apply", "encode")
+            )
+            + " events/s"
         )
-        + " events/s"
-    )
-    print(
-        f"cache: {best_run.rooms_in_cache} rooms, {best_run.messages_in_cache:,} timeline rows; "
-        f"change log {best_run.logged_events:,} events in {best_run.frames} EventBatch frames "
-        f"({best_run.frame_bytes / 1e6:.1f} MB msgpack)"
-    )
+        print(
+            f"  cache: {r.rooms_in_cache} rooms, {r.messages_in_cache:,} timeline rows; "
+            f"change log {r.logged_events:,} events in {r.frames} EventBatch frames "
+            f"({r.frame_bytes / 1e6:.1f} MB msgpack)"
+        )
 
     nogc, _ = inproc.run_pipeline(
         corpus.data,
@@ -268,50 +289,65 @@ def _run(args: argparse.Namespace, workdir: Path, results: dict[str, Any], start
         gc_off=True,
     )
     print(
-        f"diagnostic, the same with the cyclic GC disabled during the run (not a skiffyd "
-        f"setting): {span_text(nogc.total)} s → {rates_text(n, nogc.total)} "
+        f"diagnostic, the daemon's variant with the cyclic GC disabled during the run (not a "
+        f"skiffyd setting): {span_text(nogc.total)} s → {rates_text(n, nogc.total)} "
         f"(apply {span_text(nogc.apply)} s)"
     )
     nogc.events.clear()
 
-    pub = inproc.publish_through_pub0(runs[-1].events, workdir / "ipc")
-    pub_note = f"; dropped {pub.dropped}" + (f"; error {pub.error}" if pub.error else "")
-    print(
-        f"publish through a real IpcServer Pub0 → 1 subscriber (received and decoded): "
-        f"{pub.received:,}/{pub.sent:,} events in {pub.frames} frames, {pub.seconds:.3f} s wall "
-        f"({rate(pub.received, pub.seconds):,.0f} events/s{pub_note})"
-    )
-    with_pub = best.wall - min(r.encode.wall for r in runs) + pub.seconds
+    pubs = {}
+    for name in variants:
+        pub = inproc.publish_through_pub0(runs[name][-1].events, workdir / f"ipc-{name}")
+        pubs[name] = pub
+        pub_note = f"; dropped {pub.dropped}" + (f"; error {pub.error}" if pub.error else "")
+        print(
+            f"publish ({name}) through a real IpcServer Pub0 → 1 subscriber (received and "
+            f"decoded): {pub.received:,}/{pub.sent:,} events in {pub.frames} frames, "
+            f"{pub.seconds:.3f} s wall ({rate(pub.received, pub.seconds):,.0f} events/s{pub_note})"
+        )
+    with_pub = best.wall - min(r.encode.wall for r in runs["daemon"]) + pubs["daemon"].seconds
     with_pub_rate = rate(n, with_pub)
     print(
-        f"whole path with the real publish instead of encode: {with_pub:.3f} s wall → "
+        f"the daemon's variant with the real publish instead of encode: {with_pub:.3f} s wall → "
         f"{with_pub_rate:,.0f} events/s"
     )
 
-    print("\nratio of skiffyd's whole path (best) to each anchor, wall / CPU:")
-    ratios = {}
-    for name, span in anchor_spans.items():
-        anchor = rates(n, span)
-        ratios[name] = {k: skiffyd[k] / anchor[k] for k in ("wall", "cpu")}
-        print(f"  vs {name:48} {ratios[name]['wall']:7.2f}x / {ratios[name]['cpu']:6.2f}x")
+    ratios: dict[str, dict[str, dict[str, float]]] = {}
+    for label, span in (("daemon", best), ("logged", logged_best)):
+        print(f"\nratio of skiffyd's path ({label}, best) to each anchor, wall / CPU:")
+        ours = rates(n, span)
+        ratios[label] = {}
+        for name, anchor_span in anchor_spans.items():
+            anchor = rates(n, anchor_span)
+            ratios[label][name] = {k: ours[k] / anchor[k] for k in ("wall", "cpu")}
+            r = ratios[label][name]
+            print(f"  vs {name:48} {r['wall']:7.2f}x / {r['cpu']:6.2f}x")
+
+    def runs_json(rs: list[inproc.PipelineRun]) -> list[dict[str, Any]]:
+        return [
+            {k: v for k, v in dataclasses.asdict(r).items() if k != "events"}
+            | {"total": dataclasses.asdict(r.total)}
+            for r in rs
+        ]
+
     results["pipeline"] = {
         "one_transaction_error": one_txn_error,
         "rooms_per_response": rooms_per_response,
-        "runs": [
-            {k: v for k, v in dataclasses.asdict(r).items() if k != "events"}
-            | {"total": dataclasses.asdict(r.total)}
-            for r in runs
-        ],
+        "runs": runs_json(runs["daemon"]),
         "best": dataclasses.asdict(best),
         "best_events_per_s": skiffyd,
-        "publish": dataclasses.asdict(pub),
+        "logged_runs": runs_json(runs["logged"]),
+        "logged_best": dataclasses.asdict(logged_best),
+        "logged_best_events_per_s": rates(n, logged_best),
+        "publish": {name: dataclasses.asdict(pub) for name, pub in pubs.items()},
         "with_publish_events_per_s": with_pub_rate,
         "gc_off_diagnostic": {k: v for k, v in dataclasses.asdict(nogc).items() if k != "events"}
         | {"total": dataclasses.asdict(nogc.total)},
         "ratios": ratios,
     }
-    for r in runs:
-        r.events.clear()
+    for rs in runs.values():
+        for r in rs:
+            r.events.clear()
 
     # ------------------------------------------------------ incremental
     section("incremental sync: ONE new message (decode → plan → apply → frame)")

@@ -292,24 +292,29 @@ def run_pipeline(
     rooms_per_response: int | None = None,
     keep_cache: bool = False,
     gc_off: bool = False,
+    logged: bool = False,
 ) -> tuple[PipelineRun, Cache | None]:
     """decode → plan → apply (one transaction per response) → EventBatch frames.
 
-    With ``rooms_per_response`` the plan is applied as several responses (the
-    fallback when one transaction for the whole corpus fails). ``gc_off``
-    disables the cyclic GC for the run (a diagnostic).
+    As the daemon does it (``SyncService``): the first response into an
+    empty cache is an initial sync (``SyncPlan.initial``), which logs the
+    rooms and members but not each message. ``logged`` makes every message
+    logged and published, as a sync into a cache that already holds rooms
+    does. With ``rooms_per_response`` the plan is applied as several
+    responses (the fallback when one transaction for the whole corpus
+    fails). ``gc_off`` disables the cyclic GC for the run (a diagnostic).
     """
     gc.collect()
     if gc_off:
         gc.disable()
     try:
-        return _run_pipeline(data, cache_path, rooms_per_response, keep_cache)
+        return _run_pipeline(data, cache_path, rooms_per_response, keep_cache, logged)
     finally:
         gc.enable()
 
 
 def _run_pipeline(
-    data: bytes, cache_path: Path, rooms_per_response: int | None, keep_cache: bool
+    data: bytes, cache_path: Path, rooms_per_response: int | None, keep_cache: bool, logged: bool
 ) -> tuple[PipelineRun, Cache | None]:
     with GcMeter() as meter:
         watch = Stopwatch()
@@ -323,6 +328,8 @@ def _run_pipeline(
     def apply() -> list[Any]:
         events: list[Any] = []
         for p in plans:
+            # skiffyd.matrix.sync: ``since is None and cache.is_empty()``.
+            p.initial = not logged and cache.is_empty()
             events.extend(cache.apply_sync(p))
         return events
 
@@ -623,6 +630,7 @@ def profile(
     try:
         with SqlTally(cache._conn) as tally:
             for p in plans:
+                p.initial = cache.is_empty()  # as the daemon does (run_pipeline)
                 cache.apply_sync(p)
     finally:
         cache.close()
@@ -694,6 +702,7 @@ def memory_breakdown(
         events: list[Any] = []
         try:
             for p in plans:
+                p.initial = cache.is_empty()  # as the daemon does (run_pipeline)
                 events.extend(cache.apply_sync(p))
         finally:
             cache.close()
