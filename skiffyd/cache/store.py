@@ -856,11 +856,13 @@ class Cache:
             else {}
         )
         pos = self._next_pos(room_id) if echoed else (next_pos or 0)
-        ord_ = self._last_ord(work)
+        if first_new is None:
+            first_new = (pos, new[0].event_id)
+        first_ord = self._last_ord(work) + 1
+        ord_ = first_ord - 1  # the loop numbers rows from first_ord
         own = self._own_user_id
         quiet = work.quiet
         infos = work.infos
-        added = work.added
         rows = []
         for item in new:
             ord_ += 1
@@ -931,9 +933,6 @@ class Cache:
                     *derived,
                 )
             )
-            added.append(ord_)
-            if first_new is None:
-                first_new = (pos, event_id)
             pos += POS_STRIDE
             if quiet:
                 continue
@@ -969,7 +968,8 @@ class Cache:
                 if fmt and isinstance(formatted, str):
                     info.formatted_body = formatted
             infos[ord_] = info
-        work.derived.update(r[0] for r in rows)
+        work.added.extend(range(first_ord, ord_ + 1))
+        work.derived.update(range(first_ord, ord_ + 1))
         work.added_ids.update(new_ids)
         work.last_ord = ord_
         self._conn.executemany(
