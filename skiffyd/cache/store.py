@@ -718,8 +718,18 @@ class Cache:
         if top is not None and latest_before is None:
             latest_before = self.latest_event_id(room_id)
         saw_create = any(item.type == "m.room.create" for item in room.items)
+        # A room new to the cache has just had its members written, all of
+        # them from this sync: their names need no reading back.
+        names = None
+        if not was_known:
+            latest = {m.user_id: m.display_name for m in room.members}
+            names = {user: name for user, name in latest.items() if name is not None}
         first_new = self._store_batch(
-            work, room_id, room.items, next_pos=None if top is None else top[0] + POS_STRIDE
+            work,
+            room_id,
+            room.items,
+            next_pos=None if top is None else top[0] + POS_STRIDE,
+            names=names,
         )
         # A cut-short timeline, or a room's first rows, leave history to fetch.
         if room.prev_batch and (room.limited or not had_rows) and not saw_create:
@@ -756,7 +766,13 @@ class Cache:
         return out
 
     def _store_batch(
-        self, work: _Work, room_id: str, items: list[TimelineItem], *, next_pos: int | None
+        self,
+        work: _Work,
+        room_id: str,
+        items: list[TimelineItem],
+        *,
+        next_pos: int | None,
+        names: dict[str, str] | None = None,
     ) -> tuple[int, str] | None:
         """Store one room's timeline from a sync with a few statements, not a few per event.
 
@@ -765,6 +781,8 @@ class Cache:
         stored, and the new rows are derived in memory from them and
         inserted with one ``executemany``. Own echoes take the careful path.
         ``next_pos`` is where the room's next row goes (None: it has no rows yet).
+        ``names`` (user id -> display name), when the caller knows every stored
+        member of the room, spares reading them back.
         Returns the first new row's (pos, event_id), for a gap marker.
         """
         rest: list[TimelineItem] = []
@@ -839,22 +857,23 @@ class Cache:
             lookup,
         ):
             relations.setdefault(r[1], []).append(_relation_from_row(r))
-        people = sorted(
-            {i.sender for i in new if i.type not in MESSAGE_ROWS}
-            | {i.state_key for i in new if i.type not in MESSAGE_ROWS and i.state_key}
-        )
-        names = (
-            dict(
-                self._in(
-                    "SELECT user_id, display_name FROM members WHERE room_id = ? "
-                    "AND display_name IS NOT NULL AND user_id IN ({marks})",
-                    people,
-                    room_id,
-                )
+        if names is None:
+            people = sorted(
+                {i.sender for i in new if i.type not in MESSAGE_ROWS}
+                | {i.state_key for i in new if i.type not in MESSAGE_ROWS and i.state_key}
             )
-            if people
-            else {}
-        )
+            names = (
+                dict(
+                    self._in(
+                        "SELECT user_id, display_name FROM members WHERE room_id = ? "
+                        "AND display_name IS NOT NULL AND user_id IN ({marks})",
+                        people,
+                        room_id,
+                    )
+                )
+                if people
+                else {}
+            )
         pos = self._next_pos(room_id) if echoed else (next_pos or 0)
         if first_new is None:
             first_new = (pos, new[0].event_id)
