@@ -378,6 +378,9 @@ class _Work:
     no_rows_before: bool = False
     #: The event ids of the relations this transaction stored.
     relation_ids: set[str] = dataclasses.field(default_factory=set)
+    #: Rooms new to the cache in this transaction: the display names of all
+    #: the members stored for them (user id -> name), as this sync gave them.
+    member_names: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
 
 
 class Cache:
@@ -619,11 +622,17 @@ class Cache:
                 value = int(bool(value) or bool(current["is_encrypted"]))
             current[key] = value
 
-    def _derive_room(self, row: dict[str, Any]) -> None:
-        """Display name and unread count, from the room's stored inputs."""
+    def _derive_room(self, row: dict[str, Any], names: dict[str, str] | None = None) -> None:
+        """Display name and unread count, from the room's stored inputs.
+
+        ``names``: every stored member's display name, when the caller knows
+        them (a room new to the cache in this transaction), instead of a read.
+        """
         heroes = json.loads(row["heroes"]) if row["heroes"] else None
         hero_names: dict[str, str] = {}
-        if heroes:
+        if heroes and names is not None:
+            hero_names = {user: names[user] for user in heroes[:5] if user in names}
+        elif heroes:
             for user_id, name in self._in(
                 "SELECT user_id, display_name FROM members WHERE room_id = ? "
                 "AND user_id IN ({marks}) AND display_name IS NOT NULL",
@@ -723,7 +732,11 @@ class Cache:
         names = None
         if not was_known:
             latest = {m.user_id: m.display_name for m in room.members}
-            names = {user: name for user, name in latest.items() if name is not None}
+            names = work.member_names[room_id] = {
+                user: name for user, name in latest.items() if name is not None
+            }
+        else:
+            work.member_names.pop(room_id, None)  # its members may have changed since
         first_new = self._store_batch(
             work,
             room_id,
@@ -1303,7 +1316,7 @@ class Cache:
             if room_id not in work.rooms:
                 work.rooms[room_id] = dict(current)
             before = work.rooms[room_id]
-            self._derive_room(current)
+            self._derive_room(current, work.member_names.get(room_id))
             if current != before:
                 self._write_room(current)
             if before is None or _room_info(current) != _room_info(before):
