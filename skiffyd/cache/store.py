@@ -376,8 +376,26 @@ class _Work:
     #: The messages table was empty when the transaction began: a room has
     #: rows only if it is in ``added_rooms``, an event only if in ``added_ids``.
     no_rows_before: bool = False
-    #: The event ids of the relations this transaction stored.
-    relation_ids: set[str] = dataclasses.field(default_factory=set)
+    #: The relations this transaction stored, by event id: [relation,
+    #: redacted], the first stored of an id winning as in the table; and
+    #: their ids by target, in the order stored. In a fresh transaction they
+    #: are all the table holds, so it is read from here.
+    relations: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
+    relations_by_target: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+    def note_relation(self, rel: Relation, redacted: bool) -> None:
+        """``rel`` was stored (INSERT OR IGNORE: an id stored before stays)."""
+        self.touched_targets.add(rel.target)
+        if rel.event_id not in self.relations:
+            self.relations[rel.event_id] = [rel, redacted]
+            self.relations_by_target.setdefault(rel.target, []).append(rel.event_id)
+
+    def note_relations_redacted(self, event_ids: Iterable[str]) -> None:
+        for event_id in event_ids:
+            entry = self.relations.get(event_id)
+            if entry is not None:
+                entry[1] = True
+
     #: Rooms new to the cache in this transaction: the display names of all
     #: the members stored for them (user id -> name), as this sync gave them.
     member_names: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
@@ -840,11 +858,9 @@ class Cache:
         for item in rest:
             rel = item.relation
             if rel is not None:
-                relation_rows.append(
-                    _relation_row(room_id, rel, item.redacted or item.event_id in redacted)
-                )
-                work.touched_targets.add(rel.target)
-                work.relation_ids.add(rel.event_id)
+                rel_redacted = item.redacted or item.event_id in redacted
+                relation_rows.append(_relation_row(room_id, rel, rel_redacted))
+                work.note_relation(rel, rel_redacted)
             if item.txn_id is not None and item.sender == self._own_user_id:
                 placed = self._store_item(work, item, pos=None)  # reconciles echoes
                 echoed = True
@@ -863,13 +879,21 @@ class Cache:
             return first_new
         new_ids = [i.event_id for i in new]
         relations: dict[str, list[Relation]] = {}
-        lookup = [i for i in new_ids if i in touched] if work.fresh else new_ids
-        for r in self._in(
-            f"SELECT {_RELATION_COLUMNS} FROM relations "
-            "WHERE redacted = 0 AND target IN ({marks})",
-            lookup,
-        ):
-            relations.setdefault(r[1], []).append(_relation_from_row(r))
+        if work.fresh:
+            # What the SELECT below would return, from what this transaction stored.
+            by_target, stored = work.relations_by_target, work.relations
+            for target in new_ids:
+                for rel_id in by_target.get(target, ()):
+                    rel, rel_redacted = stored[rel_id]
+                    if not rel_redacted:
+                        relations.setdefault(target, []).append(rel)
+        else:
+            for r in self._in(
+                f"SELECT {_RELATION_COLUMNS} FROM relations "
+                "WHERE redacted = 0 AND target IN ({marks})",
+                new_ids,
+            ):
+                relations.setdefault(r[1], []).append(_relation_from_row(r))
         if names is None:
             people = sorted(
                 {i.sender for i in new if i.type not in MESSAGE_ROWS}
@@ -1029,7 +1053,7 @@ class Cache:
                 "UPDATE messages SET redacted = 1 WHERE event_id = ? AND redacted = 0",
                 [(i,) for i in rows],
             )
-        rels = [i for i in ids if i in work.relation_ids] if work.fresh else ids
+        rels = [i for i in ids if i in work.relations] if work.fresh else ids
         relation_targets = self._in(
             "SELECT target FROM relations WHERE event_id IN ({marks})", rels
         )
@@ -1037,6 +1061,7 @@ class Cache:
             self._conn.executemany(
                 "UPDATE relations SET redacted = 1 WHERE event_id = ?", [(i,) for i in rels]
             )
+            work.note_relations_redacted(rels)
         work.touched_targets.update(ids)
         work.touched_targets.update(r[0] for r in relation_targets)
 
@@ -1159,6 +1184,7 @@ class Cache:
             self._conn.execute(
                 "UPDATE relations SET redacted = 1 WHERE event_id = ?", (item.redacts,)
             )
+            work.note_relations_redacted((item.redacts,))
             work.touched_targets.add(item.redacts)
             if target is not None:
                 work.touched_targets.add(target)
@@ -1236,8 +1262,7 @@ class Cache:
     def _insert_relation(self, work: _Work, room_id: str, rel: Relation, *, redacted: bool) -> None:
         """Store an edit, reaction or thread reply (once); its target re-derives."""
         self._conn.execute(_INSERT_RELATION, _relation_row(room_id, rel, redacted))
-        work.touched_targets.add(rel.target)
-        work.relation_ids.add(rel.event_id)
+        work.note_relation(rel, redacted)
 
     def _derive_message(self, ord_: int) -> bool:
         """Recompute a row's display from its original and its relations.
