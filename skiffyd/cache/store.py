@@ -1307,7 +1307,12 @@ class Cache:
             names=names,
             own_user_id=self._own_user_id,
         )
-        if _same_derived(tuple(row[7:15]), derived):
+        stored = tuple(row[7:15])
+        if stored[2] == content_b:
+            # A display equal to the content itself: written before such rows
+            # stored none (NULL). The same thing.
+            stored = (*stored[:2], None, *stored[3:])
+        if _same_derived(stored, derived):
             return False
         self._conn.execute(
             "UPDATE messages SET body = ?, msgtype = ?, display = ?, edited = ?, reactions = ?, "

@@ -257,7 +257,8 @@ def aggregate(
             thread_count += 1
             if thread_latest is None or _newer(rel, thread_latest):
                 thread_latest = rel
-    shown = dict(content)
+    # Shown as it is unless edited (the cache stores no separate display then).
+    shown = content
     if latest_edit is not None and latest_edit.new_content is not None:
         shown = dict(latest_edit.new_content)
         # The edit never changes what the original relates to (reply, thread).

@@ -430,3 +430,35 @@ def test_reactions_written_by_json_dumps_are_not_seen_as_changed() -> None:
     assert not _same_derived(old, (*new[:4], _json({"👍": 3, "ok": 1}), *new[5:]))
     assert not _same_derived(old, (*new[:5], None, *new[6:]))
     assert not _same_derived(old, ("bye", *new[1:]))
+
+
+def _reaction(event_id: str, target: str, sender: str) -> TimelineItem:
+    item = classify(
+        ROOM,
+        ClientEvent(
+            type="m.reaction",
+            event_id=event_id,
+            sender=sender,
+            origin_server_ts=2,
+            content={"m.relates_to": {"rel_type": "m.annotation", "event_id": target, "key": "👍"}},
+        ),
+    )
+    assert item is not None
+    return item
+
+
+def test_a_reacted_row_stores_no_display_and_an_old_copy_is_no_change(cache: Cache) -> None:
+    """A row only reacted to shows its content as it is: no display column
+    (rows written before stored a copy of the content there; re-deriving
+    one is not a change to publish)."""
+    cache.apply_sync(_plan("s1", _msg("$1", "one")))
+    cache.apply_sync(_plan("s2", _reaction("$r1", "$1", "@b:x")))
+    assert cache._scalar("SELECT display FROM messages WHERE event_id = '$1'") is None
+    assert cache.messages(ROOM, 10)[0][0].reactions == {"👍": 1}
+    cache._conn.execute("UPDATE messages SET display = content WHERE event_id = '$1'")
+    # The same reaction again, by the same sender: the row shows the same.
+    events = cache.apply_sync(_plan("s3", _reaction("$r2", "$1", "@b:x")))
+    assert not [e for e in events if isinstance(e, MessageUpdated)]
+    events = cache.apply_sync(_plan("s4", _reaction("$r3", "$1", "@c:x")))
+    [updated] = [e for e in events if isinstance(e, MessageUpdated)]
+    assert updated.message.reactions == {"👍": 2}
