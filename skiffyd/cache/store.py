@@ -376,6 +376,9 @@ class _Work:
     #: The messages table was empty when the transaction began: a room has
     #: rows only if it is in ``added_rooms``, an event only if in ``added_ids``.
     no_rows_before: bool = False
+    #: The rooms table was empty when the transaction began: rooms are
+    #: written only at its end (:meth:`Cache._finish`), so none is there yet.
+    no_rooms_before: bool = False
     #: The relations this transaction stored, by event id: [relation,
     #: redacted], the first stored of an id winning as in the table; and
     #: their ids by target, in the order stored. In a fresh transaction they
@@ -569,10 +572,11 @@ class Cache:
             work = _Work(added=[], touched_targets=set(), rooms={}, quiet=plan.initial)
             empty = self._one(
                 "SELECT NOT EXISTS (SELECT 1 FROM relations) AND NOT EXISTS "
-                "(SELECT 1 FROM redactions), NOT EXISTS (SELECT 1 FROM messages)"
+                "(SELECT 1 FROM redactions), NOT EXISTS (SELECT 1 FROM messages), "
+                "NOT EXISTS (SELECT 1 FROM rooms)"
             )
             assert empty is not None
-            work.fresh, work.no_rows_before = bool(empty[0]), bool(empty[1])
+            work.fresh, work.no_rows_before, work.no_rooms_before = map(bool, empty)
             for room in plan.rooms:
                 self._apply_room_sync(events, work, room)
             if plan.direct is not None:
@@ -608,7 +612,7 @@ class Cache:
         """The room's row as this transaction has it: read once, then kept in ``work``."""
         if room_id in work.current:
             return work.current[room_id]
-        row = self._room_row(room_id)
+        row = None if work.no_rooms_before else self._room_row(room_id)
         work.current[room_id] = row
         return row
 
