@@ -387,6 +387,9 @@ class _Work:
     #: are all the table holds, so it is read from here.
     relations: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
     relations_by_target: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    #: Rooms new to the cache in this transaction: the display names of all
+    #: the members stored for them (user id -> name), as this sync gave them.
+    member_names: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
 
     def note_relation(self, rel: Relation, redacted: bool) -> None:
         """``rel`` was stored (INSERT OR IGNORE: an id stored before stays)."""
@@ -400,10 +403,6 @@ class _Work:
             entry = self.relations.get(event_id)
             if entry is not None:
                 entry[1] = True
-
-    #: Rooms new to the cache in this transaction: the display names of all
-    #: the members stored for them (user id -> name), as this sync gave them.
-    member_names: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
 
 
 class Cache:
