@@ -112,7 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rooms", type=int, default=1000)
     parser.add_argument("--events-per-room", type=int, default=57)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument("--repeat", type=int, default=2, help="runs of skiffyd's whole path")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=5,
+        help="runs of each variant of skiffyd's whole path (the best counts: the VM drifts)",
+    )
     parser.add_argument("--incremental-samples", type=int, default=200)
     parser.add_argument("--no-daemon", action="store_true", help="skip the real-daemon part")
     parser.add_argument("--no-profile", action="store_true", help="skip the profile")
