@@ -37,14 +37,18 @@ def test_skiffyd_run_starts_without_the_cli_framework(tmp_path: Path) -> None:
         HOME=str(tmp_path),
     )
     env.pop("DBUS_SESSION_BUS_ADDRESS", None)  # no keyring: the daemon stops at once
-    run = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "skiffyd", "run"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+
+    def skiffyd(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "skiffyd", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    run = skiffyd("run")
     assert run.returncode == 78, run.stderr[-2000:]
     imported = _imported(run.stderr)
     assert "skiffyd.daemon" in imported
@@ -54,14 +58,7 @@ def test_skiffyd_run_starts_without_the_cli_framework(tmp_path: Path) -> None:
     assert run.stderr.strip().splitlines()[-1].startswith("skiffyd: ")
 
     # The CLI is the same command for every other verb.
-    help_run = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "skiffyd", "--help"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    help_run = skiffyd("--help")
     assert help_run.returncode == 0
     assert "run" in help_run.stdout
     assert "typer" in _imported(help_run.stderr)
