@@ -217,13 +217,19 @@ def _run(args: argparse.Namespace, workdir: Path, results: dict[str, Any], start
         for name, logged in variants.items():
             # The account the incremental syncs use: the daemon's variant.
             keep = i == repeat - 1
-            run, cache = inproc.run_pipeline(
-                corpus.data,
-                workdir / f"pipeline-{name}-{i}.db",
-                rooms_per_response=rooms_per_response,
-                keep_cache=keep and not logged,
-                logged=logged,
-            )
+
+            def one(
+                db_name: str, per_response: int | None, *, logged: bool = logged, keep: bool = keep
+            ) -> Any:
+                return inproc.run_pipeline(
+                    corpus.data,
+                    workdir / db_name,
+                    rooms_per_response=per_response,
+                    keep_cache=keep and not logged,
+                    logged=logged,
+                )
+
+            run, cache = one(f"pipeline-{name}-{i}.db", rooms_per_response)
             if run.error and rooms_per_response is None:
                 one_txn_error = run.error
                 print(f"ONE transaction for the whole response FAILED: {run.error}")
@@ -232,13 +238,7 @@ def _run(args: argparse.Namespace, workdir: Path, results: dict[str, Any], start
                     f"falling back to responses of {rooms_per_response} rooms "
                     "(one transaction each) to measure the rest of the path"
                 )
-                run, cache = inproc.run_pipeline(
-                    corpus.data,
-                    workdir / f"pipeline-{name}-{i}-split.db",
-                    rooms_per_response=rooms_per_response,
-                    keep_cache=keep and not logged,
-                    logged=logged,
-                )
+                run, cache = one(f"pipeline-{name}-{i}-split.db", rooms_per_response)
             if run.error:
                 print(f"the ingest path FAILED: {run.error}")
                 results["pipeline"] = {"error": run.error}
