@@ -387,6 +387,14 @@ class _Work:
     #: are all the table holds, so it is read from here.
     relations: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
     relations_by_target: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    #: With ``no_rows_before``: the position of every row this transaction
+    #: stored, by event id (all the positions there are).
+    positions: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: The receipts table was empty when the transaction began; then the
+    #: account's own receipts this transaction stored, by room and receipt
+    #: type: (event id, ts), as the table holds them.
+    no_receipts_before: bool = False
+    own_receipts: dict[str, dict[str, tuple[str, int]]] = dataclasses.field(default_factory=dict)
     #: Rooms new to the cache in this transaction: the display names of all
     #: the members stored for them (user id -> name), as this sync gave them.
     member_names: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
@@ -574,10 +582,15 @@ class Cache:
             empty = self._one(
                 "SELECT NOT EXISTS (SELECT 1 FROM relations) AND NOT EXISTS "
                 "(SELECT 1 FROM redactions), NOT EXISTS (SELECT 1 FROM messages), "
-                "NOT EXISTS (SELECT 1 FROM rooms)"
+                "NOT EXISTS (SELECT 1 FROM rooms), NOT EXISTS (SELECT 1 FROM receipts)"
             )
             assert empty is not None
-            work.fresh, work.no_rows_before, work.no_rooms_before = map(bool, empty)
+            (
+                work.fresh,
+                work.no_rows_before,
+                work.no_rooms_before,
+                work.no_receipts_before,
+            ) = map(bool, empty)
             for room in plan.rooms:
                 self._apply_room_sync(events, work, room)
             if plan.direct is not None:
@@ -645,11 +658,17 @@ class Cache:
                 value = int(bool(value) or bool(current["is_encrypted"]))
             current[key] = value
 
-    def _derive_room(self, row: dict[str, Any], names: dict[str, str] | None = None) -> None:
+    def _derive_room(
+        self,
+        row: dict[str, Any],
+        names: dict[str, str] | None = None,
+        positions: dict[str, int] | None = None,
+    ) -> None:
         """Display name and unread count, from the room's stored inputs.
 
         ``names``: every stored member's display name, when the caller knows
-        them (a room new to the cache in this transaction), instead of a read.
+        them (a room new to the cache in this transaction), instead of a
+        read; ``positions``: see :meth:`_unread`.
         """
         heroes = json.loads(row["heroes"]) if row["heroes"] else None
         hero_names: dict[str, str] = {}
@@ -672,16 +691,21 @@ class Cache:
             own_user_id=self._own_user_id,
             hero_names=hero_names,
         )
-        row["unread_count"] = self._unread(row)
+        row["unread_count"] = self._unread(row, positions)
 
-    def _unread(self, row: dict[str, Any]) -> int:
-        """Messages from others after the own read receipt, when it is known."""
+    def _unread(self, row: dict[str, Any], positions: dict[str, int] | None = None) -> int:
+        """Messages from others after the own read receipt, when it is known.
+
+        ``positions``: every row's position by event id, when the caller
+        holds them all (a transaction that began with no rows).
+        """
         receipt = row["read_receipt"]
-        pos = (
-            self._scalar("SELECT pos FROM messages WHERE event_id = ?", (receipt,))
-            if receipt
-            else None
-        )
+        if not receipt:
+            pos = None
+        elif positions is not None:
+            pos = positions.get(receipt)
+        else:
+            pos = self._scalar("SELECT pos FROM messages WHERE event_id = ?", (receipt,))
         if pos is None:
             return int(row["notification_count"] or 0)
         marks = ", ".join("?" * len(MESSAGE_ROWS))
@@ -919,6 +943,9 @@ class Cache:
         pos = self._next_pos(room_id) if echoed else (next_pos or 0)
         if first_new is None:
             first_new = (pos, new[0].event_id)
+        if work.no_rows_before:
+            stop = pos + len(new) * POS_STRIDE
+            work.positions.update(zip(new_ids, range(pos, stop, POS_STRIDE), strict=True))
         first_ord = self._last_ord(work) + 1
         ord_ = first_ord - 1  # the loop numbers rows from first_ord
         own = self._own_user_id
@@ -1139,16 +1166,33 @@ class Cache:
             [(room_id, r.user_id, r.receipt_type, r.event_id, r.ts) for r in kept],
         )
         own = [r for r in kept if r.user_id == self._own_user_id]
-        if own:
+        if not own:
+            return
+        newest: tuple[Any, ...] | None
+        if work.no_receipts_before and work.no_rows_before:
+            # What the query below would find, from what this transaction
+            # stored (the same upsert rule, the same order).
+            stored = work.own_receipts.setdefault(room_id, {})
+            for r in own:
+                held = stored.get(r.receipt_type)
+                if held is None or r.ts >= held[1]:
+                    stored[r.receipt_type] = (r.event_id, r.ts)
+            positions = work.positions
+
+            def order(kind: str) -> tuple[bool, int, int, str]:
+                event_id, ts = stored[kind]
+                pos = positions.get(event_id)
+                return (pos is None, -(pos or 0), -ts, kind)
+
+            newest = (stored[min(stored, key=order)][0],)
+        else:
             newest = self._one(
                 "SELECT r.event_id FROM receipts r LEFT JOIN messages m ON m.event_id = r.event_id "
-                "WHERE r.room_id = ? AND r.user_id = ? ORDER BY m.pos DESC NULLS LAST, r.ts DESC "
-                "LIMIT 1",
+                "WHERE r.room_id = ? AND r.user_id = ? "
+                "ORDER BY m.pos DESC NULLS LAST, r.ts DESC, r.receipt_type LIMIT 1",
                 (room_id, self._own_user_id),
             )
-            self._patch_room(
-                work, room_id, {"read_receipt": newest[0] if newest else own[-1].event_id}
-            )
+        self._patch_room(work, room_id, {"read_receipt": newest[0] if newest else own[-1].event_id})
 
     # -------------------------------------------------------------- timeline
 
@@ -1261,6 +1305,8 @@ class Cache:
             return None
         work.added.append(inserted[0])
         work.added_ids.add(item.event_id)
+        if work.no_rows_before:
+            work.positions[item.event_id] = pos
         if work.last_ord is not None:
             work.last_ord = max(work.last_ord, inserted[0])
         work.added_rooms.add(item.room_id)
@@ -1353,7 +1399,11 @@ class Cache:
             if room_id not in work.rooms:
                 work.rooms[room_id] = dict(current)
             before = work.rooms[room_id]
-            self._derive_room(current, work.member_names.get(room_id))
+            self._derive_room(
+                current,
+                work.member_names.get(room_id),
+                work.positions if work.no_rows_before else None,
+            )
             if current != before:
                 self._write_room(current)
             if before is None or _room_info(current) != _room_info(before):

@@ -6,7 +6,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from skiffyd.cache import Cache
@@ -323,6 +323,62 @@ def test_unread_follows_the_own_read_receipt(cache: Cache) -> None:
         {"account_data": {"events": [{"type": "m.fully_read", "content": {"event_id": "$4"}}]}},
     )
     assert cache.rooms()[0].fully_read == "$4"
+
+
+_RECEIPT_TARGETS = ["$1", "$2", "$3", "$4", "$gone", "$gone2"]
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(_RECEIPT_TARGETS),
+            st.sampled_from(["m.read", "m.read.private"]),
+            st.integers(1, 3),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+# Two receipts the cache cannot place, at the same time: the tie-break decides.
+@example([("$gone", "m.read.private", 2), ("$gone2", "m.read", 2)])
+@example([("$gone", "m.read", 1), ("$gone2", "m.read.private", 3)])
+def test_own_receipts_in_a_first_sync_give_what_a_later_sync_gives(
+    tmp_path_factory: pytest.TempPathFactory, receipts: list[tuple[str, str, int]]
+) -> None:
+    """A new cache's first sync finds the newest own receipt and the unread
+    count from what it stored in memory; a cache that already holds rows
+    and receipts reads them from the tables: the same answer, ties included."""
+    timeline = [msg("$1", "a"), msg("$2", "b"), msg("$3", "mine", sender=ME), msg("$4", "c")]
+    ephemeral = [
+        {"type": "m.receipt", "content": {target: {kind: {ME: {"ts": ts}}}}}
+        for target, kind, ts in receipts
+    ]
+    room = {
+        "timeline": {"events": timeline},
+        "ephemeral": {"events": ephemeral},
+        "unread_notifications": {"notification_count": 7},
+    }
+    seen = []
+    for seeded in (False, True):
+        c = Cache.open(tmp_path_factory.mktemp("r") / "c.db", secrets.token_hex(32), ME)
+        if seeded:
+            other = {
+                "timeline": {"events": [msg("$o1", "other")]},
+                "ephemeral": {
+                    "events": [
+                        {"type": "m.receipt", "content": {"$o1": {"m.read": {ME: {"ts": 1}}}}}
+                    ]
+                },
+            }
+            sync(c, other, room_id="!other:x")
+        sync(c, room)
+        info = next(r for r in c.rooms() if r.room_id == ROOM)
+        seen.append((info.read_receipt, info.unread_count))
+        c.close()
+    assert seen[0] == seen[1]
 
 
 def _page(cache: Cache, events: list[dict[str, Any]], end: str | None) -> tuple[int, bool]:
