@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from skiffyd import logs
-from skiffyd.devenv.procs import clean_env
+from skiffyd.devenv.procs import no_keyring_env
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -29,14 +29,7 @@ def _imported(stderr: str) -> set[str]:
 def test_skiffyd_run_starts_without_the_cli_framework(tmp_path: Path) -> None:
     """``skiffyd run`` goes straight to the daemon: typer, rich and pydantic
     (a fifth of a warm start) are never imported; other verbs still work."""
-    env = clean_env(
-        XDG_RUNTIME_DIR=str(tmp_path),
-        XDG_DATA_HOME=str(tmp_path / "data"),
-        XDG_STATE_HOME=str(tmp_path / "state"),
-        XDG_CONFIG_HOME=str(tmp_path / "config"),
-        HOME=str(tmp_path),
-    )
-    env.pop("DBUS_SESSION_BUS_ADDRESS", None)  # no keyring: the daemon stops at once
+    env = no_keyring_env(tmp_path)  # the daemon stops at once
 
     def skiffyd(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -47,6 +47,20 @@ def clean_env(**overrides: str) -> dict[str, str]:
     return env
 
 
+def no_keyring_env(home: Path) -> dict[str, str]:
+    """:func:`clean_env` with HOME and every XDG directory at ``home`` and no
+    session bus: a ``skiffyd`` that finds no keyring to use."""
+    env = clean_env(
+        XDG_RUNTIME_DIR=str(home),
+        XDG_DATA_HOME=str(home / "data"),
+        XDG_STATE_HOME=str(home / "state"),
+        XDG_CONFIG_HOME=str(home / "config"),
+        HOME=str(home),
+    )
+    env.pop("DBUS_SESSION_BUS_ADDRESS", None)
+    return env
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

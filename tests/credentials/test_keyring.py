@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from skiffyd.devenv.procs import clean_env
+from skiffyd.devenv.procs import clean_env, no_keyring_env
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -112,14 +112,7 @@ def test_no_keyring_is_a_clear_error_never_plaintext(tmp_path: Path) -> None:
 
 
 def test_daemon_refuses_to_start_without_a_keyring(tmp_path: Path) -> None:
-    env = clean_env(
-        XDG_RUNTIME_DIR=str(tmp_path),
-        XDG_DATA_HOME=str(tmp_path / "data"),
-        XDG_STATE_HOME=str(tmp_path / "state"),
-        XDG_CONFIG_HOME=str(tmp_path / "config"),
-        HOME=str(tmp_path),
-    )
-    env.pop("DBUS_SESSION_BUS_ADDRESS", None)
+    env = no_keyring_env(tmp_path)
     result = subprocess.run(
         [sys.executable, "-m", "skiffyd", "run"],
         env=env,
