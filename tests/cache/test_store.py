@@ -37,9 +37,15 @@ def cache(tmp_path: Path, key: str) -> Cache:
     c.close()
 
 
+def _item(event: ClientEvent, decrypt: Any = None) -> TimelineItem:
+    """``event`` in ROOM as the timeline keeps it."""
+    item = classify(ROOM, event, decrypt)
+    assert item is not None
+    return item
+
+
 def _msg(event_id: str, body: str, sender: str = "@a:x", txn_id: str | None = None) -> TimelineItem:
-    item = classify(
-        ROOM,
+    return _item(
         ClientEvent(
             type="m.room.message",
             event_id=event_id,
@@ -47,10 +53,8 @@ def _msg(event_id: str, body: str, sender: str = "@a:x", txn_id: str | None = No
             origin_server_ts=1,
             content={"msgtype": "m.text", "body": body},
             unsigned=UnsignedData(transaction_id=txn_id) if txn_id else None,
-        ),
+        )
     )
-    assert item is not None
-    return item
 
 
 def _send(cache: Cache, body: str, txn_id: str, room_id: str = ROOM) -> list[Any]:
@@ -348,8 +352,7 @@ class _Keys:
 
 
 def _encrypted(event_id: str, session: str, keys: _Keys) -> TimelineItem:
-    item = classify(
-        ROOM,
+    return _item(
         ClientEvent(
             type="m.room.encrypted",
             event_id=event_id,
@@ -359,8 +362,6 @@ def _encrypted(event_id: str, session: str, keys: _Keys) -> TimelineItem:
         ),
         keys.decrypt,
     )
-    assert item is not None
-    return item
 
 
 def test_rows_whose_key_comes_later_are_read_then(cache: Cache) -> None:
@@ -433,18 +434,15 @@ def test_reactions_written_by_json_dumps_are_not_seen_as_changed() -> None:
 
 
 def _reaction(event_id: str, target: str, sender: str) -> TimelineItem:
-    item = classify(
-        ROOM,
+    return _item(
         ClientEvent(
             type="m.reaction",
             event_id=event_id,
             sender=sender,
             origin_server_ts=2,
             content={"m.relates_to": {"rel_type": "m.annotation", "event_id": target, "key": "👍"}},
-        ),
+        )
     )
-    assert item is not None
-    return item
 
 
 def test_a_reacted_row_stores_no_display_and_an_old_copy_is_no_change(cache: Cache) -> None:
