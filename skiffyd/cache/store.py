@@ -758,7 +758,7 @@ class Cache:
             if user is not None:
                 changes = dict(changes, is_direct=1, direct_user=user)
         self._patch_room(work, room_id, changes)
-        self._upsert_members(events, room_id, room.members, known=was_known)
+        latest = self._upsert_members(events, room_id, room.members, known=was_known)
         # The room's newest row: whether it has rows, where new ones go, and
         # (when it is not a pending echo) the event a gap would follow.
         top = (
@@ -778,9 +778,8 @@ class Cache:
         # them from this sync: their names need no reading back.
         names = None
         if not was_known:
-            latest = {m.user_id: m.display_name for m in room.members}
             names = work.member_names[room_id] = {
-                user: name for user, name in latest.items() if name is not None
+                user: m.display_name for user, m in latest.items() if m.display_name is not None
             }
         else:
             work.member_names.pop(room_id, None)  # its members may have changed since
@@ -1105,14 +1104,15 @@ class Cache:
         members: list[MemberChange],
         *,
         known: bool = True,
-    ) -> None:
+    ) -> dict[str, MemberChange]:
         """Store a room's member changes: one read, one write, whatever their number.
 
         ``known`` False: the room had no row, so it has no members stored
-        (they go and come with the row), and nothing is read.
+        (they go and come with the row), and nothing is read. Returns the
+        last change of each member.
         """
         if not members:
-            return
+            return {}
         latest = {m.user_id: m for m in members}  # the last change of each wins
         have = (
             {
@@ -1151,6 +1151,7 @@ class Cache:
                     ),
                 ),
             )
+        return latest
 
     def _apply_receipts(self, work: _Work, room_id: str, receipts: list[Receipt]) -> None:
         """Store a room's receipts with one statement; the account's own move
