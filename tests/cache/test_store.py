@@ -328,6 +328,44 @@ def test_row_numbers_stay_unique_across_the_autoincrement_migration(
         c.close()
 
 
+def test_the_status_check_migration_keeps_rows_numbers_and_the_check(
+    tmp_path: Path, key: str
+) -> None:
+    """Migration 4 rebuilds messages to respell its status CHECK: the rows and
+    their numbers stay, the delete trigger comes back, and the CHECK still refuses."""
+    path = tmp_path / "c.db"
+    conn = apsw.Connection(str(path))
+    conn.execute(f"PRAGMA hexkey='{key}'")
+    for step in MIGRATIONS[:3]:
+        conn.execute(step)
+    conn.execute("PRAGMA user_version = 3")
+    conn.execute(
+        "INSERT INTO messages(ord, room_id, pos, event_id, type, sender, ts, status, content, body) "
+        "VALUES (7, '!room:x', 0, '$old', 'm.room.message', '@a:x', 1, 'sent', x'80', 'old')"
+    )
+    conn.close()
+    c = Cache.open(path, key, ME)
+    try:
+        assert c._scalar("PRAGMA user_version") == len(MIGRATIONS) == 4
+        assert c._scalar("SELECT body FROM messages WHERE ord = 7") == "old"
+        for status in ("pending", "failed"):
+            c._conn.execute(
+                "INSERT INTO messages(room_id, pos, type, sender, ts, status, content, body) "
+                "VALUES ('!room:x', 1, 'm.room.message', '@me:x', 2, ?, x'80', 'ok')",
+                (status,),
+            )
+        with pytest.raises(apsw.ConstraintError):
+            c._conn.execute(
+                "INSERT INTO messages(room_id, pos, type, sender, ts, status, content, body) "
+                "VALUES ('!room:x', 1, 'm.room.message', '@me:x', 2, 'lost', x'80', 'no')"
+            )
+        c._conn.execute("DELETE FROM messages WHERE body = 'ok'")  # ords 8 and 9
+        c.apply_sync(_plan("s1", _msg("$new", "new")))
+        assert c._scalar("SELECT ord FROM messages WHERE event_id = '$new'") == 10
+    finally:
+        c.close()
+
+
 class _Keys:
     """A stand-in crypto machine: knows the plaintext of the sessions it was given."""
 
