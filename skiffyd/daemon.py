@@ -38,6 +38,7 @@ import trio
 import ipc_schema as wire
 from skiffyd import commands, credentials, logs
 from skiffyd.cache import Cache
+from skiffyd.cache.store import CacheReader, CacheReads, ReaderBusy
 from skiffyd.config import Paths, Settings
 from skiffyd.core.homeserver import normalize_homeserver
 from skiffyd.core.identifiers import check_room_id, check_room_id_or_alias, check_user_id
@@ -73,6 +74,10 @@ T = TypeVar("T")
 
 #: How long an E2EE command waits for the crypto machine after a start.
 CRYPTO_LOAD_WAIT_S = 30.0
+#: A ``Messages`` read of at most this many rows is answered on the event
+#: loop (about 6 µs of SQLite and decoding per row here), a bigger one on
+#: the cache thread (:meth:`Daemon.read`).
+INLINE_READ_ROWS = 100
 
 
 def _import_crypto() -> None:
@@ -117,9 +122,13 @@ async def _watchdog(interval: float) -> None:
 class AccountSession:
     """Everything that exists only while an account is logged in."""
 
-    def __init__(self, tokens: TokenManager, cache: Cache, transport: Transport) -> None:
+    def __init__(
+        self, tokens: TokenManager, cache: Cache, reader: CacheReader, transport: Transport
+    ) -> None:
         self.tokens = tokens
         self.cache = cache
+        #: Small reads on the event loop (:meth:`Daemon.read`).
+        self.reader = reader
         self.transport = transport
         self.crypto: Crypto | None = None
         self.sync: SyncService | None = None
@@ -160,6 +169,20 @@ class Daemon:
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking cache call on the one cache thread."""
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    async def read(self, s: AccountSession, fn: Callable[[CacheReads], T], *, small: bool) -> T:
+        """A read from the cache. ``small`` (bounded, a few hundred µs of SQLite
+        at most): right here on the event loop, through the session's reader,
+        which sees the last committed state even while a sync writes (WAL).
+        Otherwise, or if SQLite is busy, on the cache thread like a write: a hop
+        to the thread costs more than a small read (docs/benchmarks-ipc.md), and
+        a big one must not stall the loop."""
+        if small:
+            try:
+                return s.reader.read(fn)
+            except ReaderBusy:
+                log.info("cache.reader_busy")
+        return await self.db(fn, s.cache)
 
     def publish(self, events: Sequence[wire.Event]) -> None:
         if events:
@@ -298,7 +321,14 @@ class Daemon:
         assert self._nursery is not None
         account_dir = self.paths.account_dir(creds.user_id)
         self.paths.ensure_private_dir(account_dir)
-        cache = await self.db(Cache.open, account_dir / "cache.db", creds.cache_key, creds.user_id)
+        cache_path = account_dir / "cache.db"
+        cache = await self.db(Cache.open, cache_path, creds.cache_key, creds.user_id)
+        try:
+            reader = await self.db(CacheReader.open, cache_path, creds.cache_key)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.db(cache.close)
+            raise
         transport = Transport(creds.homeserver)
         tokens = TokenManager(
             creds,
@@ -307,7 +337,7 @@ class Daemon:
             on_expired=lambda exc: self._session_expired(session, exc),
         )
         transport.auth = tokens
-        session = AccountSession(tokens, cache, transport)
+        session = AccountSession(tokens, cache, reader, transport)
         # The cache is served from here on: reads do not wait for the crypto
         # machine (loading nio and its store is most of a warm start), only
         # the network services do (:meth:`_run_session`).
@@ -506,6 +536,9 @@ class Daemon:
         session.cancel_scope.cancel()
         if self.session is session:
             self.session = None
+        # The reader is only used on this thread, between awaits: closed here
+        # no read can be running on it.
+        session.reader.close()
         with trio.CancelScope(shield=True):
             await self.db(session.cache.close)
             if session.crypto is not None:
@@ -558,7 +591,10 @@ class Daemon:
                 s = self.require_session()
                 check_room_id(request.room_id)
                 limit = max(1, min(request.limit, 1000))
-                messages, gaps = await self.db(s.cache.messages, request.room_id, limit)
+                room_id = request.room_id
+                messages, gaps = await self.read(
+                    s, lambda c: c.messages(room_id, limit), small=limit <= INLINE_READ_ROWS
+                )
                 return wire.MessagesResult(messages=messages, gaps=gaps)
             case wire.Members():
                 s = self.require_session()
@@ -651,7 +687,7 @@ class Daemon:
 
     async def _status(self) -> wire.StatusResult:
         s = self.session
-        pending = await self.db(s.cache.outbox_count) if s else 0
+        pending = await self.read(s, CacheReads.outbox_count, small=True) if s else 0
         return wire.StatusResult(
             state=self.state,
             user_id=s.creds.user_id if s else self._resuming,

@@ -35,7 +35,7 @@ import os
 import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import apsw
 import msgspec
@@ -80,11 +80,15 @@ from skiffyd.core.wire import ClientEvent, UnsignedData
 from skiffyd.errors import CacheError, CacheWrongKeyError, OutboxError, UnknownRoomError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
     from pathlib import Path
+
+T = TypeVar("T")
 
 #: The page cache of the connection, in KiB.
 PAGE_CACHE_KIB = 8192
+#: The reader's page cache, in KiB (SQLite's default): it serves small reads.
+READER_PAGE_CACHE_KIB = 2048
 
 #: The page size of a new cache file (SQLite's default is 4 KiB). Each page
 #: is encrypted and authenticated on its own, with a fixed cost per page on
@@ -413,7 +417,59 @@ class _Work:
                 entry[1] = True
 
 
-class Cache:
+class CacheReads:
+    """The queries both connections to a cache answer: the writer's
+    (:class:`Cache`, on the daemon's cache thread) and the event loop's
+    (:class:`CacheReader`)."""
+
+    _conn: apsw.Connection
+
+    def _scalar(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        row = self._one(sql, params)
+        return None if row is None else row[0]
+
+    def _one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+        row: Any = self._conn.execute(sql, params).fetchone()
+        return None if row is None else tuple(row)
+
+    def _all(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        rows: Any = self._conn.execute(sql, params).fetchall()
+        return [tuple(r) for r in rows]
+
+    def has_room(self, room_id: str) -> bool:
+        return self._scalar("SELECT 1 FROM rooms WHERE room_id = ?", (room_id,)) is not None
+
+    def messages(self, room_id: str, limit: int) -> tuple[list[MessageInfo], list[GapInfo]]:
+        """The newest ``limit`` rows, oldest first, and the gaps among them."""
+        with self._conn:  # one read transaction: the rows and gaps agree
+            found = self._messages(room_id, limit)
+        return found
+
+    def _messages(self, room_id: str, limit: int) -> tuple[list[MessageInfo], list[GapInfo]]:
+        rows = self._all(
+            f"SELECT {_MESSAGE_COLUMNS}, pos FROM messages WHERE room_id = ? "
+            "ORDER BY pos DESC LIMIT ?",
+            (room_id, limit),
+        )
+        if not rows and not self.has_room(room_id):
+            raise UnknownRoomError("no such room in the cache", details={"room_id": room_id})
+        rows.reverse()
+        lowest = rows[0][-1] if rows and len(rows) == limit else None
+        gaps = [
+            GapInfo(after=r[0], before=r[1])
+            for r in self._all(
+                "SELECT after_id, before_id FROM gaps WHERE room_id = ? AND upper_pos > ? "
+                "ORDER BY upper_pos",
+                (room_id, lowest if lowest is not None else -(1 << 62)),
+            )
+        ]
+        return [_message_from_row(r[:-1]) for r in rows], gaps
+
+    def outbox_count(self) -> int:
+        return int(self._scalar("SELECT count(*) FROM outbox") or 0)
+
+
+class Cache(CacheReads):
     def __init__(self, conn: apsw.Connection, own_user_id: str) -> None:
         self._conn = conn
         self._own_user_id = own_user_id
@@ -460,20 +516,6 @@ class Cache:
 
     def close(self) -> None:
         self._conn.close()
-
-    # --------------------------------------------------------------- helpers
-
-    def _scalar(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
-        row = self._one(sql, params)
-        return None if row is None else row[0]
-
-    def _one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
-        row: Any = self._conn.execute(sql, params).fetchone()
-        return None if row is None else tuple(row)
-
-    def _all(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        rows: Any = self._conn.execute(sql, params).fetchall()
-        return [tuple(r) for r in rows]
 
     @contextmanager
     def _transaction(self) -> Iterator[list[LoggedEvent]]:
@@ -1595,36 +1637,12 @@ class Cache:
         )
         return [_room_info(dict(zip(_ROOM_COLUMNS, r, strict=True))) for r in rows]
 
-    def has_room(self, room_id: str) -> bool:
-        return self._scalar("SELECT 1 FROM rooms WHERE room_id = ?", (room_id,)) is not None
-
     def room_is_encrypted(self, room_id: str) -> bool:
         return bool(self._scalar("SELECT is_encrypted FROM rooms WHERE room_id = ?", (room_id,)))
 
     def room_membership(self, room_id: str) -> str | None:
         value = self._scalar("SELECT membership FROM rooms WHERE room_id = ?", (room_id,))
         return value if isinstance(value, str) else None
-
-    def messages(self, room_id: str, limit: int) -> tuple[list[MessageInfo], list[GapInfo]]:
-        """The newest ``limit`` rows, oldest first, and the gaps among them."""
-        if not self.has_room(room_id):
-            raise UnknownRoomError("no such room in the cache", details={"room_id": room_id})
-        rows = self._all(
-            f"SELECT {_MESSAGE_COLUMNS}, pos FROM messages WHERE room_id = ? "
-            "ORDER BY pos DESC LIMIT ?",
-            (room_id, limit),
-        )
-        rows.reverse()
-        lowest = rows[0][-1] if rows and len(rows) == limit else None
-        gaps = [
-            GapInfo(after=r[0], before=r[1])
-            for r in self._all(
-                "SELECT after_id, before_id FROM gaps WHERE room_id = ? AND upper_pos > ? "
-                "ORDER BY upper_pos",
-                (room_id, lowest if lowest is not None else -(1 << 62)),
-            )
-        ]
-        return [_message_from_row(r[:-1]) for r in rows], gaps
 
     def members(self, room_id: str, *, include_left: bool = False) -> list[MemberInfo]:
         if not self.has_room(room_id):
@@ -1791,9 +1809,6 @@ class Cache:
     def outbox_item(self, txn_id: str) -> OutboxItemInfo | None:
         return self._outbox_info(txn_id)
 
-    def outbox_count(self) -> int:
-        return int(self._scalar("SELECT count(*) FROM outbox") or 0)
-
     def event_id_for_txn(self, txn_id: str) -> str | None:
         """The event id an earlier item of ours got (None while it is pending)."""
         value = self._scalar("SELECT event_id FROM messages WHERE txn_id = ?", (txn_id,))
@@ -1956,6 +1971,48 @@ class Cache:
     def direct_map(self) -> dict[str, list[str]]:
         value = self._scalar("SELECT value FROM meta WHERE key = 'm.direct'")
         return json.loads(value) if isinstance(value, str) else {}
+
+
+class ReaderBusy(Exception):
+    """SQLite could not start a read on the reader's connection at once."""
+
+
+class CacheReader(CacheReads):
+    """Small reads on the daemon's event loop, beside the writer's thread.
+
+    A second connection to the same file, opened after :meth:`Cache.open`
+    (which migrated it) and made read-only (``query_only``). In WAL mode a
+    reader does not wait for the writer: :meth:`read` sees what was last
+    committed, even while a sync's transaction is open on the cache thread. SQLite reports busy only in rare moments (a
+    WAL being recovered); :meth:`read` then raises :class:`ReaderBusy` at once
+    and the caller takes the thread. Used from one thread (the event loop's).
+    """
+
+    def __init__(self, conn: apsw.Connection) -> None:
+        self._conn = conn
+
+    @classmethod
+    def open(cls, path: Path, key_hex: str) -> CacheReader:
+        conn = _open_keyed(path, key_hex, KEY_SETTINGS) or _open_keyed(path, key_hex, ())
+        if conn is None:
+            raise CacheWrongKeyError(
+                "the cache cannot be decrypted with the key in the keyring",
+                details={"path": str(path)},
+            )
+        conn.execute("PRAGMA query_only=ON")
+        conn.execute(f"PRAGMA cache_size=-{READER_PAGE_CACHE_KIB}")
+        return cls(conn)
+
+    def read(self, fn: Callable[[CacheReads], T]) -> T:
+        """``fn(self)``. A read of more than one statement holds its own read
+        transaction (:meth:`CacheReads.messages`), so its statements agree."""
+        try:
+            return fn(self)
+        except apsw.BusyError as exc:
+            raise ReaderBusy from exc
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 def _open_keyed(path: Path, key_hex: str, settings: tuple[str, ...]) -> apsw.Connection | None:

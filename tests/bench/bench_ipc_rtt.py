@@ -7,11 +7,21 @@ being measured:
 
 * ``echo``       the anchor: a blocking pynng ``Rep0`` that sends back what it
                  receives (no trio, no msgpack).
-* ``ipc``        skiffyd's :class:`~skiffyd.ipc.server.IpcServer` serving a
-                 small cached read (``Messages`` of 5 messages from memory).
-* ``ipc+thread`` the same read answered through ``trio.to_thread`` with a
-                 ``CapacityLimiter(1)``, the way the daemon reaches its cache.
-* ``contexts``   the previous IpcServer design, kept here for comparison:
+* ``ipc``        skiffyd's :class:`~skiffyd.ipc.server.IpcServer` answering
+                 ``Messages`` with 5 messages from memory: the transport and
+                 the server alone.
+* ``cache``      the daemon's own handler (:meth:`skiffyd.daemon.Daemon.handle`)
+                 behind the IpcServer, reading the 5 newest of 60 messages
+                 from a real encrypted cache file, as the daemon does for a
+                 small read: on the event loop, through the cache's reader.
+* ``cache+thread`` the same read on the daemon's cache thread
+                 (``trio.to_thread`` with a ``CapacityLimiter(1)``): how every
+                 read went before, and how big reads still go.
+
+Not run unless named with ``--kinds``:
+
+* ``ipc+thread`` the memory answer through ``trio.to_thread``.
+* ``contexts``   the IpcServer design before the raw socket, for comparison:
                  8 Rep0 contexts, each ``await ctx.arecv()`` / ``ctx.asend()``.
 
 Eight UI processes stay connected to the server being measured (each with a
@@ -140,9 +150,75 @@ def serve_ipc(conn: Any, base: Path, variant: str) -> None:
     trio.run(main)
 
 
+def serve_cache(conn: Any, base: Path, variant: str) -> None:
+    import secrets
+    from types import SimpleNamespace
+
+    import trio
+
+    import skiffyd.daemon
+    from skiffyd.cache import Cache
+    from skiffyd.cache.store import CacheReader
+    from skiffyd.core.sync import RoomSync, SyncPlan
+    from skiffyd.core.timeline import classify
+    from skiffyd.core.wire import ClientEvent
+    from skiffyd.ipc.server import IpcServer
+
+    quiet_logs()
+    paths = bench_paths(base)
+    path = base / "cache.db"
+    key = secrets.token_hex(32)
+    cache = Cache.open(path, key, "@me:example.org")
+    items = [
+        classify(
+            ROOM,
+            ClientEvent(
+                type="m.room.message",
+                event_id=f"$event{i}:example.org",
+                sender="@alice:example.org",
+                origin_server_ts=1_700_000_000_000 + i,
+                content={"msgtype": "m.text", "body": f"message number {i}, a short line of chat"},
+            ),
+        )
+        for i in range(60)
+    ]
+    cache.apply_sync(
+        SyncPlan(
+            next_batch="s1",
+            rooms=[
+                RoomSync(
+                    ROOM,
+                    {"membership": "join", "joined_count": 2},
+                    items=[i for i in items if i is not None],
+                )
+            ],
+        )
+    )
+    if variant == "cache+thread":
+        skiffyd.daemon.INLINE_READ_ROWS = 0  # every read takes the cache thread
+    daemon = skiffyd.daemon.Daemon(paths)
+    daemon.session = SimpleNamespace(  # type: ignore[assignment]
+        cache=cache, reader=CacheReader.open(path, key)
+    )
+
+    async def main() -> None:
+        server = IpcServer(paths, daemon.handle, instance_id="bench")
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.run)
+                conn.send("ready")
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+
+    trio.run(main)
+
+
 SERVERS: dict[str, Callable[..., None]] = {
     "echo": serve_echo,
     "ipc": serve_ipc,
+    "cache": serve_cache,
+    "cache+thread": serve_cache,
     "ipc+thread": serve_ipc,
     "contexts": serve_ipc,
 }
@@ -336,7 +412,7 @@ def print_table(report: dict[str, Any]) -> None:
 
 def print_goal(report: dict[str, Any]) -> None:
     one = report["results"]["1 of 8 active"]
-    for name in ("ipc/client", "ipc+thread/client"):
+    for name in ("cache/client", "ipc/client"):
         if name in one:
             p50 = one[name]["p50"]
             print(
@@ -354,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--kinds",
         nargs="+",
-        default=["echo", "ipc", "ipc+thread", "contexts"],
+        default=["echo", "ipc", "cache", "cache+thread"],
         choices=sorted(SERVERS),
     )
     parser.add_argument("--json", type=Path, help="also write the results here")

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from ipc_schema import MessageAdded, MessageRemoved, MessageUpdated, RoomUpdated
 from skiffyd.cache import Cache
 from skiffyd.cache.migrations import MIGRATIONS
+from skiffyd.cache.store import CacheReader, CacheReads, ReaderBusy
 from skiffyd.core.sync import RoomSync, SyncPlan
 from skiffyd.core.timeline import TimelineItem, classify
 from skiffyd.core.wire import ClientEvent, UnsignedData
@@ -94,6 +95,48 @@ def test_sync_applies_rows_token_and_log(cache: Cache) -> None:
     # The same events again (a retried sync) change nothing and log nothing.
     assert cache.apply_sync(_plan("s2", _msg("$1", "one"), name="Lounge")) == []
     assert cache.next_batch() == "s2"
+
+
+def _bodies(reader: CacheReader) -> list[str]:
+    return [m.body for m in reader.read(lambda c: c.messages(ROOM, 10))[0]]
+
+
+def test_the_reader_sees_the_last_commit_while_a_sync_writes(
+    tmp_path: Path, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event loop's reader neither waits for the writer's open transaction
+    nor sees any of it; it cannot write; a busy SQLite is ReaderBusy."""
+    cache = Cache.open(tmp_path / "c.db", key, ME)
+    reader = CacheReader.open(tmp_path / "c.db", key)
+    try:
+        cache.apply_sync(_plan("s1", _msg("$1", "one")))
+        seen: list[list[str]] = []
+        original = cache._store_batch
+
+        def read_midway(*args: Any, **kwargs: Any) -> Any:
+            stored = original(*args, **kwargs)  # "$2" written, not committed
+            seen.append(_bodies(reader))
+            return stored
+
+        monkeypatch.setattr(cache, "_store_batch", read_midway)
+        cache.apply_sync(_plan("s2", _msg("$2", "two")))
+        assert seen == [["one"]]
+        assert _bodies(reader) == ["one", "two"]
+        assert reader.read(CacheReads.outbox_count) == 0
+        with pytest.raises(apsw.ReadOnlyError):
+            reader.read(lambda c: c._all("DELETE FROM messages"))
+        assert _bodies(reader) == ["one", "two"]
+
+        def busy(c: CacheReads) -> None:
+            raise apsw.BusyError("database is locked")
+
+        with pytest.raises(ReaderBusy):
+            reader.read(busy)
+        with pytest.raises(UnknownRoomError):
+            reader.read(lambda c: c.messages("!elsewhere:x", 10))
+    finally:
+        reader.close()
+        cache.close()
 
 
 def test_a_failed_apply_leaves_nothing_behind(
