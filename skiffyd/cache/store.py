@@ -3,8 +3,8 @@
 Theory of operation
 -------------------
 One SQLite file per account, encrypted by SQLite3 Multiple Ciphers
-(apsw-sqlite3mc, ChaCha20-Poly1305 by default) with a 256-bit key that lives
-in the keyring. It is the daemon's single source of truth: UIs read only
+(apsw-sqlite3mc; AEGIS-256, ChaCha20-Poly1305 for older caches) with a
+256-bit key that lives in the keyring. It is the daemon's single source of truth: UIs read only
 from it, the network only writes into it.
 
 Every write is one transaction that also appends to the change log: a row
@@ -23,7 +23,7 @@ from ``_last_seq`` and the connection is never shared between threads at once.
 A wrong key opens without error and fails on the first read, so
 :meth:`Cache.open` reads ``sqlite_master`` right after keying and turns that
 failure into :class:`~skiffyd.errors.CacheWrongKeyError`. The key is used
-with one round of key derivation (:data:`KEY_SETTINGS`).
+raw, with no key derivation (:data:`KEYINGS`).
 """
 
 from __future__ import annotations
@@ -98,13 +98,25 @@ READER_PAGE_CACHE_KIB = 2048
 #: size it was made with.
 PAGE_SIZE = 16384
 
-#: How the cache key becomes the cipher's key. The key is 256 random bits
-#: from the keyring, not a password: stretching it (SQLite3MC's default is
-#: 64,007 rounds of PBKDF2-SHA256, ~40 ms of every open, a fifth of a warm
-#: start's work after the imports) adds nothing an attacker would notice, so
-#: one round derives the page key. A cache made with the default opens too
-#: (:meth:`Cache.open` falls back to it).
-KEY_SETTINGS = ("PRAGMA cipher='chacha20'", "PRAGMA kdf_iter=1")
+#: How the cache key is applied, newest first: a cache opens with the first
+#: that decrypts it, and a new one is made with the first. Each is a list of
+#: pragmas; ``{key}`` is the 64 hex digits of the key.
+#:
+#: The key is 256 random bits from the keyring, not a password, so it is
+#: given raw (``raw:``): no key derivation at all. Stretching it (SQLite3MC's
+#: default, 64,007 rounds of PBKDF2-SHA256) cost ~40 ms of every open and
+#: adds nothing an attacker would notice. New caches use AEGIS-256 (an AEAD
+#: like SQLite3MC's default ChaCha20-Poly1305, with a 256-bit key and nonce),
+#: which encrypts and authenticates a page in about half the time on a CPU
+#: with AES instructions: an initial sync's commit ~0.03 s less (docs/
+#: benchmarks.md). Caches made before keep the keying they were made with.
+KEYINGS: tuple[tuple[str, ...], ...] = (
+    ("PRAGMA cipher='aegis'", "PRAGMA algorithm='aegis-256'", "PRAGMA key='raw:{key}'"),
+    # 2026-11-30: ChaCha20-Poly1305 with one round of PBKDF2.
+    ("PRAGMA cipher='chacha20'", "PRAGMA kdf_iter=1", "PRAGMA hexkey='{key}'"),
+    # The first caches: SQLite3MC's defaults (ChaCha20-Poly1305, 64,007 rounds).
+    ("PRAGMA hexkey='{key}'",),
+)
 
 #: The lengths IN lists are padded to (see :meth:`Cache._in`).
 _IN_SIZES = (4, 16, 64, 256)
@@ -487,11 +499,7 @@ class Cache(CacheReads):
         # Created 0600 before SQLite touches it (SQLite honours an existing mode).
         fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
         os.close(fd)
-        conn = _open_keyed(path, key_hex, KEY_SETTINGS)
-        if conn is None:
-            # A cache made before KEY_SETTINGS: SQLite3MC's default key
-            # stretching (about 40 ms more to open).
-            conn = _open_keyed(path, key_hex, ())
+        conn = _open_any(path, key_hex)
         if conn is None:
             raise CacheWrongKeyError(
                 "the cache cannot be decrypted with the key in the keyring "
@@ -1993,7 +2001,7 @@ class CacheReader(CacheReads):
 
     @classmethod
     def open(cls, path: Path, key_hex: str) -> CacheReader:
-        conn = _open_keyed(path, key_hex, KEY_SETTINGS) or _open_keyed(path, key_hex, ())
+        conn = _open_any(path, key_hex)
         if conn is None:
             raise CacheWrongKeyError(
                 "the cache cannot be decrypted with the key in the keyring",
@@ -2015,8 +2023,18 @@ class CacheReader(CacheReads):
         self._conn.close()
 
 
-def _open_keyed(path: Path, key_hex: str, settings: tuple[str, ...]) -> apsw.Connection | None:
-    """A connection to ``path`` keyed with ``key_hex`` under ``settings``;
+def _open_any(path: Path, key_hex: str) -> apsw.Connection | None:
+    """A connection to ``path`` keyed the first of :data:`KEYINGS` ways that
+    decrypts it; None if none does (a wrong key)."""
+    for keying in KEYINGS:
+        conn = _open_keyed(path, key_hex, keying)
+        if conn is not None:
+            return conn
+    return None
+
+
+def _open_keyed(path: Path, key_hex: str, keying: tuple[str, ...]) -> apsw.Connection | None:
+    """A connection to ``path`` keyed with ``key_hex`` as ``keying`` says;
     None if that does not decrypt it (a wrong key opens without error and
     fails on the first read, so this reads)."""
     try:
@@ -2024,9 +2042,8 @@ def _open_keyed(path: Path, key_hex: str, settings: tuple[str, ...]) -> apsw.Con
     except apsw.Error as exc:
         raise CacheError(f"cannot open the cache file: {type(exc).__name__}") from exc
     try:
-        for pragma in settings:
-            conn.execute(pragma)
-        conn.execute(f"PRAGMA hexkey='{key_hex}'")
+        for pragma in keying:
+            conn.execute(pragma.format(key=key_hex))
         conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
     except apsw.NotADBError:
         conn.close()

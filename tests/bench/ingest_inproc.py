@@ -35,7 +35,7 @@ import msgspec
 
 import ipc_schema
 from skiffyd.cache import Cache
-from skiffyd.cache.store import KEY_SETTINGS, PAGE_SIZE, migrate
+from skiffyd.cache.store import KEYINGS, PAGE_SIZE, migrate
 from skiffyd.core.sync import SyncPlan, plan_sync
 from skiffyd.core.wire import sync_decoder
 from skiffyd.ipc import codec
@@ -166,9 +166,8 @@ def message_rows(plan: SyncPlan) -> list[tuple[Any, ...]]:
 def open_raw(path: Path, key: str) -> apsw.Connection:
     """An apsw connection set up as :meth:`Cache.open` sets up its own, with skiffyd's schema."""
     conn = apsw.Connection(str(path))
-    for pragma in KEY_SETTINGS:
-        conn.execute(pragma)
-    conn.execute(f"PRAGMA hexkey='{key}'")
+    for pragma in KEYINGS[0]:
+        conn.execute(pragma.format(key=key))
     conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
     conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
     conn.execute("PRAGMA journal_mode=WAL")

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from ipc_schema import MessageAdded, MessageRemoved, MessageUpdated, RoomUpdated
 from skiffyd.cache import Cache
 from skiffyd.cache.migrations import MIGRATIONS
-from skiffyd.cache.store import CacheReader, CacheReads, ReaderBusy
+from skiffyd.cache.store import KEYINGS, CacheReader, CacheReads, ReaderBusy
 from skiffyd.core.sync import RoomSync, SyncPlan
 from skiffyd.core.timeline import TimelineItem, classify
 from skiffyd.core.wire import ClientEvent, UnsignedData
@@ -250,6 +250,41 @@ def test_wrong_key_is_a_clear_error(tmp_path: Path, key: str) -> None:
     assert info.value.code == "SKIFFY_CACHE_WRONG_KEY"
     with pytest.raises(CacheError):
         Cache.open(tmp_path / "c.db", "not-hex", ME)
+
+
+@pytest.mark.parametrize("generation", range(len(KEYINGS)))
+def test_caches_of_every_keying_open_and_keep_their_cipher(
+    tmp_path: Path, key: str, generation: int
+) -> None:
+    """A new cache is made with the newest keying (AEGIS-256, raw key); one
+    made with an older keying opens with it, for writer and reader alike,
+    and refuses another key."""
+    path = tmp_path / "c.db"
+    if generation:
+        conn = apsw.Connection(str(path))
+        for pragma in KEYINGS[generation]:
+            conn.execute(pragma.format(key=key))
+        conn.execute("CREATE TABLE made_before(x)")
+        conn.close()
+    c = Cache.open(path, key, ME)
+    reader = CacheReader.open(path, key)
+    try:
+        cipher = "aegis" if generation == 0 else "chacha20"
+        assert c._scalar("PRAGMA cipher") == cipher
+        assert reader._scalar("PRAGMA cipher") == cipher
+        c.apply_sync(_plan("s1", _msg("$1", "one")))
+        assert _bodies(reader) == ["one"]
+    finally:
+        reader.close()
+        c.close()
+    c = Cache.open(path, key, ME)
+    assert c.next_batch() == "s1"
+    c.close()
+    # Every digit of the key counts (a raw key is not cut short).
+    for at in (0, 63):
+        other = key[:at] + ("1" if key[at] == "0" else "0") + key[at + 1 :]
+        with pytest.raises(CacheWrongKeyError):
+            Cache.open(path, other, ME)
 
 
 def test_file_holds_no_plaintext_and_is_private(tmp_path: Path, key: str) -> None:
