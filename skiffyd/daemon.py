@@ -76,7 +76,7 @@ T = TypeVar("T")
 CRYPTO_LOAD_WAIT_S = 30.0
 #: A ``Messages`` read of at most this many rows is answered on the event
 #: loop (about 6 µs of SQLite and decoding per row here), a bigger one on
-#: the cache thread (:meth:`Daemon.read`).
+#: the cache thread (:meth:`Daemon.answer_now`).
 INLINE_READ_ROWS = 100
 
 
@@ -127,7 +127,7 @@ class AccountSession:
     ) -> None:
         self.tokens = tokens
         self.cache = cache
-        #: Small reads on the event loop (:meth:`Daemon.read`).
+        #: Small reads on the event loop (:meth:`Daemon.answer_now`).
         self.reader = reader
         self.transport = transport
         self.crypto: Crypto | None = None
@@ -162,27 +162,15 @@ class Daemon:
         self.settings = Settings()
         self._requests = 0
         self._nursery: trio.Nursery | None = None
-        self.server = IpcServer(paths, self.handle, instance_id=self.instance_id)
+        self.server = IpcServer(
+            paths, self.handle, instance_id=self.instance_id, answer_now=self.answer_now
+        )
 
     # ------------------------------------------------------------ plumbing
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking cache call on the one cache thread."""
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
-
-    async def read(self, s: AccountSession, fn: Callable[[CacheReads], T], *, small: bool) -> T:
-        """A read from the cache. ``small`` (bounded, a few hundred µs of SQLite
-        at most): right here on the event loop, through the session's reader,
-        which sees the last committed state even while a sync writes (WAL).
-        Otherwise, or if SQLite is busy, on the cache thread like a write: a hop
-        to the thread costs more than a small read (docs/benchmarks-ipc.md), and
-        a big one must not stall the loop."""
-        if small:
-            try:
-                return s.reader.read(fn)
-            except ReaderBusy:
-                log.info("cache.reader_busy")
-        return await self.db(fn, s.cache)
 
     def publish(self, events: Sequence[wire.Event]) -> None:
         if events:
@@ -551,6 +539,35 @@ class Daemon:
 
     # ----------------------------------------------------------- commands
 
+    def answer_now(self, request: wire.Request) -> wire.Result | None:
+        """The answer to a command that needs only memory and a small read of
+        the cache, made at once on the event loop; None: the command takes
+        the usual way (:meth:`handle`, in a task of its own).
+
+        The IPC server asks this before it starts a task for a command: the
+        task, and a hop to the cache thread, cost more than such a read
+        (docs/benchmarks-ipc.md). A small read goes through the session's
+        reader, which sees the last committed state even while a sync's
+        transaction is open on the cache thread (WAL); if SQLite is busy the
+        command takes the usual way.
+        """
+        s = self.session
+        try:
+            match request:
+                case wire.Hello():
+                    return self._hello(request)
+                case wire.Status():
+                    pending = s.reader.read(CacheReads.outbox_count) if s else 0
+                    return self._status_result(pending)
+                case wire.Messages() if s is not None and request.limit <= INLINE_READ_ROWS:
+                    check_room_id(request.room_id)
+                    room_id, limit = request.room_id, max(1, request.limit)
+                    messages, gaps = s.reader.read(lambda c: c.messages(room_id, limit))
+                    return wire.MessagesResult(messages=messages, gaps=gaps)
+        except ReaderBusy:
+            log.info("cache.reader_busy", cmd=type(request).__struct_config__.tag)
+        return None
+
     async def handle(self, request: wire.Request) -> wire.Result:
         """One IPC command; its log lines carry a request id and the command."""
         self._requests += 1
@@ -562,17 +579,7 @@ class Daemon:
     async def _dispatch(self, request: wire.Request) -> wire.Result:
         match request:
             case wire.Hello():
-                if request.protocol_version != wire.PROTOCOL_VERSION:
-                    raise SkiffyError(
-                        f"protocol version {request.protocol_version} is not supported "
-                        f"(this daemon speaks {wire.PROTOCOL_VERSION})",
-                        code=wire.ErrorCode.IPC_VERSION_MISMATCH,
-                    )
-                return wire.HelloResult(
-                    protocol_version=wire.PROTOCOL_VERSION,
-                    instance_id=self.instance_id,
-                    last_seq=self.session.cache.last_seq if self.session else 0,
-                )
+                return self._hello(request)
             case wire.Status():
                 return await self._status()
             case wire.Login():
@@ -591,10 +598,7 @@ class Daemon:
                 s = self.require_session()
                 check_room_id(request.room_id)
                 limit = max(1, min(request.limit, 1000))
-                room_id = request.room_id
-                messages, gaps = await self.read(
-                    s, lambda c: c.messages(room_id, limit), small=limit <= INLINE_READ_ROWS
-                )
+                messages, gaps = await self.db(s.cache.messages, request.room_id, limit)
                 return wire.MessagesResult(messages=messages, gaps=gaps)
             case wire.Members():
                 s = self.require_session()
@@ -685,9 +689,25 @@ class Daemon:
                 return changes
         raise SkiffyError("unknown command", code=wire.ErrorCode.IPC_UNKNOWN_COMMAND)
 
+    def _hello(self, request: wire.Hello) -> wire.HelloResult:
+        if request.protocol_version != wire.PROTOCOL_VERSION:
+            raise SkiffyError(
+                f"protocol version {request.protocol_version} is not supported "
+                f"(this daemon speaks {wire.PROTOCOL_VERSION})",
+                code=wire.ErrorCode.IPC_VERSION_MISMATCH,
+            )
+        return wire.HelloResult(
+            protocol_version=wire.PROTOCOL_VERSION,
+            instance_id=self.instance_id,
+            last_seq=self.session.cache.last_seq if self.session else 0,
+        )
+
     async def _status(self) -> wire.StatusResult:
         s = self.session
-        pending = await self.read(s, CacheReads.outbox_count, small=True) if s else 0
+        return self._status_result(await self.db(s.cache.outbox_count) if s else 0)
+
+    def _status_result(self, pending: int) -> wire.StatusResult:
+        s = self.session
         return wire.StatusResult(
             state=self.state,
             user_id=s.creds.user_id if s else self._resuming,

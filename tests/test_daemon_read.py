@@ -1,72 +1,129 @@
-"""Daemon.read: small reads on the event loop's reader, the rest on the cache thread."""
+"""Daemon.answer_now: small reads answered on the event loop through the reader."""
 
 from __future__ import annotations
 
 import secrets
-import threading
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
+import ipc_schema as wire
 from skiffyd.cache import Cache
 from skiffyd.cache.store import CacheReader, CacheReads, ReaderBusy
 from skiffyd.config import Paths
-from skiffyd.daemon import Daemon
+from skiffyd.core.sync import RoomSync, SyncPlan
+from skiffyd.core.timeline import classify
+from skiffyd.core.wire import ClientEvent
+from skiffyd.daemon import INLINE_READ_ROWS, Daemon
+from skiffyd.errors import SkiffyError, UnknownRoomError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
+ROOM = "!room:x"
 
-class _Recording:
-    """A reader that notes which thread asked it, then answers or is busy."""
 
-    def __init__(self, inner: CacheReader, *, busy: bool) -> None:
-        self.inner, self.busy, self.threads = inner, busy, []
+class _Reader:
+    """The real reader, counting reads; or one SQLite calls busy."""
 
-    def read(self, fn: Any) -> Any:
-        self.threads.append(threading.get_ident())
+    def __init__(self, inner: CacheReader, *, busy: bool = False) -> None:
+        self.inner, self.busy, self.reads = inner, busy, 0
+
+    def read(self, fn: Callable[[CacheReads], Any]) -> Any:
+        self.reads += 1
         if self.busy:
             raise ReaderBusy
         return self.inner.read(fn)
 
 
-async def test_small_reads_stay_on_the_loop_and_busy_or_big_ones_take_the_thread(
-    tmp_path: Path,
-) -> None:
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[tuple[Daemon, Cache, CacheReader]]:
     key = secrets.token_hex(32)
     cache = Cache.open(tmp_path / "c.db", key, "@me:x")
-    reader = CacheReader.open(tmp_path / "c.db", key)
-    daemon = Daemon(_paths(tmp_path))
-    loop_thread = threading.get_ident()
-    used: list[int] = []
-
-    def count(c: CacheReads) -> int:
-        used.append(threading.get_ident())
-        return c.outbox_count()
-
-    try:
-        ok = _Recording(reader, busy=False)
-        s: Any = SimpleNamespace(reader=ok, cache=cache)
-        assert await daemon.read(s, count, small=True) == 0
-        assert used == [loop_thread]
-        assert ok.threads == [loop_thread]
-        assert await daemon.read(s, count, small=False) == 0
-        assert used[1] != loop_thread
-        assert ok.threads == [loop_thread]
-
-        busy = _Recording(reader, busy=True)
-        s = SimpleNamespace(reader=busy, cache=cache)
-        assert await daemon.read(s, count, small=True) == 0
-        assert busy.threads == [loop_thread]
-        assert used[2] != loop_thread
-    finally:
-        reader.close()
-        cache.close()
-
-
-def _paths(base: Path) -> Paths:
-    return Paths(
-        config_dir=base / "config",
-        data_dir=base / "data",
-        state_dir=base / "state",
-        runtime_dir=base / "run",
+    item = classify(
+        ROOM,
+        ClientEvent(
+            type="m.room.message",
+            event_id="$1",
+            sender="@a:x",
+            origin_server_ts=1,
+            content={"msgtype": "m.text", "body": "one"},
+        ),
     )
+    assert item is not None
+    cache.apply_sync(SyncPlan(next_batch="s1", rooms=[RoomSync(ROOM, {}, items=[item])]))
+    reader = CacheReader.open(tmp_path / "c.db", key)
+    d = Daemon(
+        Paths(
+            config_dir=tmp_path / "config",
+            data_dir=tmp_path / "data",
+            state_dir=tmp_path / "state",
+            runtime_dir=tmp_path / "run",
+        )
+    )
+    yield d, cache, reader
+    reader.close()
+    cache.close()
+
+
+def _session(cache: Cache, reader: Any) -> Any:
+    creds = SimpleNamespace(
+        user_id="@me:x",
+        homeserver="http://hs",
+        device_id="D",
+        refresh_token=None,
+        expires_at_ms=None,
+    )
+    return SimpleNamespace(
+        cache=cache,
+        reader=reader,
+        creds=creds,
+        tokens=SimpleNamespace(refreshes=0),
+        sync=None,
+        crypto=None,
+        crypto_service=None,
+        server_versions=[],
+    )
+
+
+async def test_small_reads_are_answered_at_once_through_the_reader(
+    daemon: tuple[Daemon, Cache, CacheReader],
+) -> None:
+    d, cache, real = daemon
+    reader = _Reader(real)
+    d.session = _session(cache, reader)
+    answer = d.answer_now(wire.Messages(room_id=ROOM, limit=INLINE_READ_ROWS))
+    assert isinstance(answer, wire.MessagesResult)
+    assert [m.body for m in answer.messages] == ["one"]
+    status = d.answer_now(wire.Status())
+    assert isinstance(status, wire.StatusResult)
+    assert (status.user_id, status.pending_outbox, status.last_seq) == ("@me:x", 0, 2)
+    assert reader.reads == 2
+    # Not small, not logged in, or a bad room: the usual way (or its error).
+    assert d.answer_now(wire.Messages(room_id=ROOM, limit=INLINE_READ_ROWS + 1)) is None
+    assert d.answer_now(wire.Rooms()) is None
+    assert reader.reads == 2
+    with pytest.raises(SkiffyError) as info:
+        d.answer_now(wire.Messages(room_id="not-a-room", limit=5))
+    assert info.value.code == wire.ErrorCode.IPC_INVALID_ARGUMENT
+    with pytest.raises(UnknownRoomError):
+        d.answer_now(wire.Messages(room_id="!elsewhere:x", limit=5))
+    d.session = None
+    assert d.answer_now(wire.Messages(room_id=ROOM, limit=5)) is None
+
+
+async def test_a_busy_reader_sends_the_command_the_usual_way(
+    daemon: tuple[Daemon, Cache, CacheReader],
+) -> None:
+    d, cache, real = daemon
+    busy = _Reader(real, busy=True)
+    d.session = _session(cache, busy)
+    for request in (wire.Messages(room_id=ROOM, limit=5), wire.Status()):
+        assert d.answer_now(request) is None
+        assert await d.handle(request) is not None  # on the cache thread
+    assert busy.reads == 2
+    answer = await d.handle(wire.Messages(room_id=ROOM, limit=5))
+    assert isinstance(answer, wire.MessagesResult)
+    assert [m.body for m in answer.messages] == ["one"]

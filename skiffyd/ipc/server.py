@@ -16,17 +16,22 @@ Only when both sockets listen does ``run`` report ``started()``.
 Commands. The command socket is a Rep0 socket in nng's *raw* mode. One
 reader task waits for nng's receive descriptor (``recv-fd``) to turn readable
 (``trio.lowlevel.wait_readable``), then takes every waiting request with
-non-blocking receives until nng says ``EAGAIN``, and starts one trio task per
-request: decode it (:func:`skiffyd.ipc.codec.decode_request`), await the
-handler, send the reply. In raw mode a request carries its route back (the
-pipe id and the requester's request id, in the nng message header); the reply
-is sent with that header, also without blocking. So no nng thread calls
-into Python for a command and no request waits for a hop between threads
-(the only callbacks are the per-connection peer checks), and a command
-that awaits the network for seconds (login, join, backfill) holds only its
-own task while every other UI's commands keep being answered. At most
-``max_in_flight`` commands run at once; beyond that the reader stops taking
-requests and they wait in nng (back pressure).
+non-blocking receives until nng says ``EAGAIN``. Each is decoded
+(:func:`skiffyd.ipc.codec.decode_request`); a frame that does not decode is
+answered at once with its error. Then ``answer_now`` (when given) may answer
+the command right there, synchronously: the daemon does so for commands that
+need only memory and a small read of the cache, for which a task of their
+own would cost more than the work (docs/benchmarks-ipc.md). Every other
+command gets one trio task: await the handler, send the reply. In raw mode a
+request carries its route back (the pipe id and the requester's request id,
+in the nng message header); the reply is sent with that header, also without
+blocking. So no nng thread calls into Python for a command and no request
+waits for a hop between threads (the only callbacks are the per-connection
+peer checks), and a command that awaits the network for seconds (login,
+join, backfill) holds only its own task while every other UI's commands keep
+being answered. At most ``max_in_flight`` commands run in tasks at once;
+beyond that the reader stops taking requests and they wait in nng (back
+pressure).
 
 Why not Rep0 contexts with ``await ctx.arecv()`` (the previous design):
 each ``arecv``/``asend`` completes through a callback on an nng thread that
@@ -131,6 +136,8 @@ REPLY_RETRY_DELAY = 0.001
 SOCKET_MODE = 0o600
 
 Handler = Callable[[ipc_schema.Request], Awaitable[ipc_schema.Result]]
+#: Answers a command at once, on the event loop, or says None (see IpcServer).
+AnswerNow = Callable[[ipc_schema.Request], "ipc_schema.Result | None"]
 
 _RESULT_TYPES: tuple[type, ...] = ipc_schema.Result.__args__
 _EVENT_TYPES: tuple[type, ...] = ipc_schema.Event.__args__
@@ -182,12 +189,14 @@ class IpcServer:
         *,
         instance_id: str,
         max_in_flight: int = MAX_IN_FLIGHT,
+        answer_now: AnswerNow | None = None,
         log: Any = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self._paths = paths
         self._handler = handler
+        self._answer_now = answer_now
         self._instance_id = instance_id
         self._max_in_flight = max_in_flight
         self._log = log if log is not None else _module_log
@@ -339,7 +348,7 @@ class IpcServer:
         )
 
     async def _serve_commands(self, rep: Any) -> None:
-        """Take requests off the raw Rep0 socket; one task per command.
+        """Take requests off the raw Rep0 socket; answer them at once or in a task each.
 
         The socket's receive descriptor turns readable when requests wait;
         they are then taken with non-blocking receives until nng has none
@@ -380,24 +389,58 @@ class IpcServer:
                     body = bytes(ffi.buffer(lib.nng_msg_body(msg), lib.nng_msg_len(msg)))
                 finally:
                     lib.nng_msg_free(msg)
-                self._tasks += 1
-                nursery.start_soon(self._command, sock, header, body, done)
                 taken += 1
+                request = self._decode(body)
+                if not isinstance(request, bytes) and self._answer_now is not None:
+                    request = self._try_answer_now(request) or request
+                if isinstance(request, bytes) and self._reply_at_once(sock, header, request):
+                    pass  # answered without a task: an error, or answer_now's answer
+                else:
+                    self._tasks += 1
+                    nursery.start_soon(self._command, sock, header, request, done)
                 if taken % DRAIN_CHECKPOINT == 0:
                     # A long burst still lets the commands (and the rest of
                     # the daemon) run.
                     await trio.lowlevel.checkpoint()
 
     async def _command(
-        self, sock: Any, header: bytes, body: bytes, done: Callable[[], None]
+        self,
+        sock: Any,
+        header: bytes,
+        request: ipc_schema.Request | bytes,
+        done: Callable[[], None],
     ) -> None:
+        """Handle ``request`` (or send the reply it already has) and reply."""
         try:
-            reply = await self._dispatch(body)
+            reply = request if isinstance(request, bytes) else await self._handle(request)
             await self._send_reply(sock, header, reply)
         except pynng.NNGException as exc:  # nng out of memory: this reply only
             self._log.error("ipc.reply_failed", error_type=type(exc).__name__)
         finally:
             done()
+
+    def _try_answer_now(self, request: ipc_schema.Request) -> bytes | None:
+        """``answer_now``'s reply to ``request``, or None when it has none."""
+        assert self._answer_now is not None
+        try:
+            result = self._answer_now(request)
+            if result is None:
+                return None
+            if not isinstance(result, _RESULT_TYPES):
+                raise TypeError(f"answer_now returned {type(result).__name__}, not a Result")
+            reply = codec.result_reply(result)
+        except Exception as exc:
+            reply = self._error_reply(type(request).__struct_config__.tag, exc)
+        self._served += 1
+        return reply
+
+    def _reply_at_once(self, sock: Any, header: bytes, reply: bytes) -> bool:
+        """Send ``reply`` without waiting; False if nng's send queue is full."""
+        try:
+            return self._send_now(sock, header, reply)
+        except pynng.NNGException as exc:  # nng out of memory: this reply only
+            self._log.error("ipc.reply_failed", error_type=type(exc).__name__)
+            return True
 
     async def _send_reply(self, sock: Any, header: bytes, reply: bytes) -> None:
         """Send ``reply`` back along the request's route (its ``header``).
@@ -406,28 +449,36 @@ class IpcServer:
         meanwhile is nng's to forget. Only a full send queue (nng's forwarder
         is behind) makes this wait a little.
         """
+        for _ in range(REPLY_SEND_TRIES):
+            if self._send_now(sock, header, reply):
+                return
+            await trio.sleep(REPLY_RETRY_DELAY)
+        self._log.warning("ipc.reply_dropped", reason="send queue full")
+
+    def _send_now(self, sock: Any, header: bytes, reply: bytes) -> bool:
+        """One non-blocking send of ``reply`` along ``header``'s route. False:
+        nng's send queue is full, try again; True: sent, or never will be."""
         msg_p = ffi.new("nng_msg **")
         check_err(lib.nng_msg_alloc(msg_p, 0))
         msg = msg_p[0]
         try:
             check_err(lib.nng_msg_header_append(msg, header, len(header)))
             check_err(lib.nng_msg_append(msg, reply, len(reply)))
-            for _ in range(REPLY_SEND_TRIES):
-                rv = lib.nng_sendmsg(sock, msg, lib.NNG_FLAG_NONBLOCK)
-                if rv == 0:
-                    msg = None  # nng owns it now
-                    return
-                if rv != lib.NNG_EAGAIN:
-                    if rv != lib.NNG_ECLOSED:
-                        self._log.info("ipc.reply_not_sent", error=_nng_error(rv))
-                    return
-                await trio.sleep(REPLY_RETRY_DELAY)
-            self._log.warning("ipc.reply_dropped", reason="send queue full")
+            rv = lib.nng_sendmsg(sock, msg, lib.NNG_FLAG_NONBLOCK)
+            if rv == 0:
+                msg = None  # nng owns it now
+                return True
+            if rv == lib.NNG_EAGAIN:
+                return False
+            if rv != lib.NNG_ECLOSED:
+                self._log.info("ipc.reply_not_sent", error=_nng_error(rv))
+            return True
         finally:
             if msg is not None:
                 lib.nng_msg_free(msg)
 
-    async def _dispatch(self, data: bytes) -> bytes:
+    def _decode(self, data: bytes) -> ipc_schema.Request | bytes:
+        """The request in ``data``, or the error reply it gets instead."""
         if not self._accepting:
             return codec.error_reply(ErrorCode.DAEMON_SHUTTING_DOWN, "skiffyd is shutting down")
         try:
@@ -438,11 +489,14 @@ class IpcServer:
         if isinstance(decoded, ErrorInfo):
             self._log.info("ipc.bad_request", code=decoded.code, size=len(data))
             return codec.encode_reply(ipc_schema.Reply(error=decoded))
+        return decoded
+
+    async def _handle(self, request: ipc_schema.Request) -> bytes:
         self._in_flight += 1
         if self._in_flight == 1:
             self._idle = trio.Event()
         try:
-            return await self._call_handler(decoded)
+            return await self._call_handler(request)
         finally:
             self._served += 1
             self._in_flight -= 1
@@ -450,31 +504,34 @@ class IpcServer:
                 self._idle.set()
 
     async def _call_handler(self, request: ipc_schema.Request) -> bytes:
-        cmd = type(request).__struct_config__.tag
         try:
             result = await self._handler(request)
             if not isinstance(result, _RESULT_TYPES):
                 raise TypeError(f"handler returned {type(result).__name__}, not a Result")
             return codec.result_reply(result)
         except Exception as exc:
-            skiffy = _skiffy_error(exc)
-            if skiffy is not None:
-                self._log.info("ipc.command_failed", cmd=cmd, code=skiffy.code)
-                try:
-                    return codec.error_reply(skiffy.code, skiffy.message, skiffy.details)
-                except (TypeError, msgspec.EncodeError) as enc_exc:
-                    exc = enc_exc  # details that do not encode: an internal error
-            self._log.error(
-                "ipc.command_crashed",
-                cmd=cmd,
-                error_type=type(exc).__name__,
-                where=_where(exc),
-            )
-            return codec.error_reply(
-                ErrorCode.DAEMON_INTERNAL,
-                f"internal error in skiffyd while handling `{cmd}` ({type(exc).__name__}); "
-                "see the daemon's log",
-            )
+            return self._error_reply(type(request).__struct_config__.tag, exc)
+
+    def _error_reply(self, cmd: object, exc: Exception) -> bytes:
+        """The reply for a command whose handler raised ``exc``."""
+        skiffy = _skiffy_error(exc)
+        if skiffy is not None:
+            self._log.info("ipc.command_failed", cmd=cmd, code=skiffy.code)
+            try:
+                return codec.error_reply(skiffy.code, skiffy.message, skiffy.details)
+            except (TypeError, msgspec.EncodeError) as enc_exc:
+                exc = enc_exc  # details that do not encode: an internal error
+        self._log.error(
+            "ipc.command_crashed",
+            cmd=cmd,
+            error_type=type(exc).__name__,
+            where=_where(exc),
+        )
+        return codec.error_reply(
+            ErrorCode.DAEMON_INTERNAL,
+            f"internal error in skiffyd while handling `{cmd}` ({type(exc).__name__}); "
+            "see the daemon's log",
+        )
 
     # --------------------------------------------------------------- events
 

@@ -8,15 +8,18 @@ being measured:
 * ``echo``       the anchor: a blocking pynng ``Rep0`` that sends back what it
                  receives (no trio, no msgpack).
 * ``ipc``        skiffyd's :class:`~skiffyd.ipc.server.IpcServer` answering
-                 ``Messages`` with 5 messages from memory: the transport and
-                 the server alone.
-* ``cache``      the daemon's own handler (:meth:`skiffyd.daemon.Daemon.handle`)
-                 behind the IpcServer, reading the 5 newest of 60 messages
-                 from a real encrypted cache file, as the daemon does for a
-                 small read: on the event loop, through the cache's reader.
-* ``cache+thread`` the same read on the daemon's cache thread
-                 (``trio.to_thread`` with a ``CapacityLimiter(1)``): how every
-                 read went before, and how big reads still go.
+                 ``Messages`` with 5 messages from memory, at once in its
+                 reader (``answer_now``): the transport and the server alone.
+* ``ipc+task``   the same answer from the command handler, in a trio task
+                 of its own (how every command was answered before).
+* ``cache``      the daemon's own IpcServer and handlers (``Daemon.server``)
+                 reading the 5 newest of 60 messages from a real encrypted
+                 cache file, as the daemon does a small read: answered at
+                 once on the event loop (``Daemon.answer_now``), through the
+                 cache's reader.
+* ``cache+thread`` the same read in a task of its own, on the daemon's cache
+                 thread (``trio.to_thread`` with a ``CapacityLimiter(1)``):
+                 how every read went before, and how big reads still go.
 
 Not run unless named with ``--kinds``:
 
@@ -138,7 +141,12 @@ def serve_ipc(conn: Any, base: Path, variant: str) -> None:
     async def main() -> None:
         nonlocal limiter
         limiter = trio.CapacityLimiter(1)
-        server = server_cls(paths, handle, instance_id="bench")
+        now = (
+            (lambda req: lookup(req) if isinstance(req, s.Messages) else None)
+            if variant == "ipc"
+            else None
+        )
+        server = server_cls(paths, handle, instance_id="bench", answer_now=now)
         with trio.open_signal_receiver(signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 await nursery.start(server.run)
@@ -162,7 +170,6 @@ def serve_cache(conn: Any, base: Path, variant: str) -> None:
     from skiffyd.core.sync import RoomSync, SyncPlan
     from skiffyd.core.timeline import classify
     from skiffyd.core.wire import ClientEvent
-    from skiffyd.ipc.server import IpcServer
 
     quiet_logs()
     paths = bench_paths(base)
@@ -195,14 +202,14 @@ def serve_cache(conn: Any, base: Path, variant: str) -> None:
         )
     )
     if variant == "cache+thread":
-        skiffyd.daemon.INLINE_READ_ROWS = 0  # every read takes the cache thread
+        skiffyd.daemon.INLINE_READ_ROWS = 0  # answer_now declines: a task, the thread
     daemon = skiffyd.daemon.Daemon(paths)
     daemon.session = SimpleNamespace(  # type: ignore[assignment]
         cache=cache, reader=CacheReader.open(path, key)
     )
 
     async def main() -> None:
-        server = IpcServer(paths, daemon.handle, instance_id="bench")
+        server = daemon.server  # the daemon's own: its handler and answer_now
         with trio.open_signal_receiver(signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 await nursery.start(server.run)
@@ -217,6 +224,7 @@ def serve_cache(conn: Any, base: Path, variant: str) -> None:
 SERVERS: dict[str, Callable[..., None]] = {
     "echo": serve_echo,
     "ipc": serve_ipc,
+    "ipc+task": serve_ipc,
     "cache": serve_cache,
     "cache+thread": serve_cache,
     "ipc+thread": serve_ipc,
@@ -430,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--kinds",
         nargs="+",
-        default=["echo", "ipc", "cache", "cache+thread"],
+        default=["echo", "ipc", "ipc+task", "cache", "cache+thread"],
         choices=sorted(SERVERS),
     )
     parser.add_argument("--json", type=Path, help="also write the results here")

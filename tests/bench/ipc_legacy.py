@@ -40,7 +40,8 @@ class ContextsIpcServer(IpcServer):
                 data: bytes = await ctx.arecv()
             except pynng.Closed:
                 return
-            reply = await self._dispatch(data)
+            request = self._decode(data)
+            reply = request if isinstance(request, bytes) else await self._handle(request)
             try:
                 await ctx.asend(reply)
             except pynng.Closed:

@@ -316,6 +316,65 @@ async def test_requester_gone_before_the_reply(
     assert isinstance(await call(s.Status()), s.StatusResult)
 
 
+async def test_answer_now_answers_without_the_handler_or_passes_it_on(
+    start_server: Any, fake: Any, call: Any
+) -> None:
+    """What answer_now answers never reaches the handler; None passes the
+    command on; its errors become error replies like the handler's."""
+    secret = "never-logged-either"
+    asked: list[s.Request] = []
+
+    def answer_now(req: s.Request) -> s.Result | None:
+        asked.append(req)
+        match req:
+            case s.Status():
+                return s.StatusResult(state="syncing", instance_id="from-answer-now")
+            case s.Messages(room_id="!bad:hs"):
+                raise NotLoggedInError("log in first", details={"hint": "skiffyd login"})
+            case s.Messages(room_id="!crash:hs"):
+                raise KeyError(secret)
+            case s.Messages(room_id="!wrong:hs"):
+                return s.Rooms()  # type: ignore[return-value]  # a request is not a result
+        return None
+
+    running = await start_server(fake.handle, answer_now=answer_now)
+    with structlog.testing.capture_logs() as logs:
+        assert await call(s.Status()) == s.StatusResult(
+            state="syncing", instance_id="from-answer-now"
+        )
+        assert fake.received == []
+        assert await call(s.Rooms()) == ROUND_TRIPS[4][1]
+        assert fake.received == [s.Rooms()]
+        with pytest.raises(SkiffyError) as info:
+            await call(s.Messages(room_id="!bad:hs"))
+        assert (info.value.code, info.value.details) == (
+            s.ErrorCode.SESSION_NOT_LOGGED_IN,
+            {"hint": "skiffyd login"},
+        )
+        for room in ("!crash:hs", "!wrong:hs"):
+            with pytest.raises(SkiffyError) as info:
+                await call(s.Messages(room_id=room))
+            assert info.value.code == s.ErrorCode.DAEMON_INTERNAL
+    assert [type(r).__name__ for r in asked] == [
+        "Status",
+        "Rooms",
+        "Messages",
+        "Messages",
+        "Messages",
+    ]
+    assert fake.received == [s.Rooms()]
+    crashes = [e for e in logs if e["event"] == "ipc.command_crashed"]
+    assert [e["error_type"] for e in crashes] == ["KeyError", "TypeError"]
+    assert secret not in repr(logs)
+    assert running.server.statistics().served == 5
+    # Shutting down: answered as such, answer_now not asked.
+    running.server.stop_accepting()
+    with pytest.raises(SkiffyError) as info:
+        await call(s.Status())
+    assert info.value.code == s.ErrorCode.DAEMON_SHUTTING_DOWN
+    assert len(asked) == 5
+
+
 async def test_stop_accepting_answers_shutting_down(server: IpcServer, call: Any) -> None:
     assert isinstance(await call(s.Status()), s.StatusResult)
     server.stop_accepting()
