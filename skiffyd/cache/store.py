@@ -19,6 +19,8 @@ events are all stored.
 
 There is one writer (the daemon's cache thread), so ``seq`` is assigned here
 from ``_last_seq`` and the connection is never shared between threads at once.
+:attr:`Cache.last_seq`, which the event loop reads, counts a transaction's
+seqs only once it has committed.
 
 A wrong key opens without error and fails on the first read, so
 :meth:`Cache.open` reads ``sqlite_master`` right after keying and turns that
@@ -486,6 +488,8 @@ class Cache(CacheReads):
         self._conn = conn
         self._own_user_id = own_user_id
         self._last_seq = self._scalar("SELECT COALESCE(MAX(seq), 0) FROM changelog") or 0
+        #: ``_last_seq`` as of the last commit (see :attr:`last_seq`).
+        self._committed_seq = self._last_seq
         #: id() of a logged message event -> (kind 1 added / 2 updated, its row's ord).
         self._msg_refs: dict[int, tuple[int, int]] = {}
 
@@ -534,6 +538,7 @@ class Cache(CacheReads):
             with self._conn:
                 yield events
                 self._append_changelog(events)
+            self._committed_seq = self._last_seq
         except apsw.Error as exc:
             # Translated at this one boundary; the transaction rolled back whole.
             self._msg_refs = {}
@@ -586,7 +591,11 @@ class Cache(CacheReads):
 
     @property
     def last_seq(self) -> int:
-        return self._last_seq
+        """The seq of the last committed change. Read from the event loop while
+        a transaction may be open on the cache thread: its seqs count only once
+        it commits (a UI told a seq of changes it cannot read yet would skip
+        them when they are published)."""
+        return self._committed_seq
 
     @property
     def log_id(self) -> str:

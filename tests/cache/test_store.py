@@ -139,6 +139,37 @@ def test_the_reader_sees_the_last_commit_while_a_sync_writes(
         cache.close()
 
 
+def test_last_seq_counts_a_transaction_only_once_it_commits(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """last_seq is read from the event loop while the cache thread writes:
+    seqs assigned inside an open transaction are not reported yet."""
+    cache.apply_sync(_plan("s1", _msg("$1", "one")))
+    assert cache.last_seq == 2
+    seen: list[int] = []
+    original = cache._append_changelog
+
+    def append_then_look(events: list[Any]) -> None:
+        original(events)  # seqs 3 and on handed out, not committed
+        seen.append(cache.last_seq)
+
+    monkeypatch.setattr(cache, "_append_changelog", append_then_look)
+    cache.apply_sync(_plan("s2", _msg("$2", "two")))
+    assert seen == [2]
+    assert cache.last_seq == 3
+
+    def fail_after(events: list[Any]) -> None:
+        original(events)
+        raise apsw.IOError("disk went away")
+
+    monkeypatch.setattr(cache, "_append_changelog", fail_after)
+    with pytest.raises(CacheError):
+        cache.apply_sync(_plan("s3", _msg("$3", "three")))
+    assert cache.last_seq == 3
+    monkeypatch.setattr(cache, "_append_changelog", original)
+    assert [e.seq for e in cache.apply_sync(_plan("s3", _msg("$3", "three")))] == [4]
+
+
 def test_a_failed_apply_leaves_nothing_behind(
     cache: Cache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
