@@ -107,6 +107,19 @@ def serve_echo(conn: Any, base: Path) -> None:
             rep.send(rep.recv())
 
 
+async def _serve_until_sigterm(conn: Any, server: Any) -> None:
+    """Run ``server`` (an IpcServer), say "ready" on ``conn``, stop at SIGTERM."""
+    import trio
+
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            conn.send("ready")
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
+
+
 def serve_ipc(conn: Any, base: Path, variant: str) -> None:
     import trio
 
@@ -146,14 +159,9 @@ def serve_ipc(conn: Any, base: Path, variant: str) -> None:
             if variant == "ipc"
             else None
         )
-        server = server_cls(paths, handle, instance_id="bench", answer_now=now)
-        with trio.open_signal_receiver(signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(server.run)
-                conn.send("ready")
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
-                    break
+        await _serve_until_sigterm(
+            conn, server_cls(paths, handle, instance_id="bench", answer_now=now)
+        )
 
     trio.run(main)
 
@@ -208,17 +216,8 @@ def serve_cache(conn: Any, base: Path, variant: str) -> None:
         cache=cache, reader=CacheReader.open(path, key)
     )
 
-    async def main() -> None:
-        server = daemon.server  # the daemon's own: its handler and answer_now
-        with trio.open_signal_receiver(signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(server.run)
-                conn.send("ready")
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
-                    break
-
-    trio.run(main)
+    # The daemon's own server: its handler and answer_now.
+    trio.run(_serve_until_sigterm, conn, daemon.server)
 
 
 SERVERS: dict[str, Callable[..., None]] = {

@@ -407,17 +407,24 @@ def test_a_cancelled_echos_row_number_is_not_reused(cache: Cache) -> None:
     assert bodies == ["one", "two", "three"]
 
 
+def _cache_at_version(path: Path, key: str, version: int) -> apsw.Connection:
+    """A cache file as a skiffyd of schema ``version`` left it (SQLite3MC's
+    default keying, as those had), open for the test to add rows."""
+    conn = apsw.Connection(str(path))
+    conn.execute(f"PRAGMA hexkey='{key}'")
+    for step in MIGRATIONS[:version]:
+        conn.execute(step)
+    conn.execute(f"PRAGMA user_version = {version}")
+    return conn
+
+
 def test_row_numbers_stay_unique_across_the_autoincrement_migration(
     tmp_path: Path, key: str
 ) -> None:
     """Migration 3 drops AUTOINCREMENT: the highest number it had handed out
     (a deleted row's, above every stored one) must still not be reused."""
     path = tmp_path / "c.db"
-    conn = apsw.Connection(str(path))
-    conn.execute(f"PRAGMA hexkey='{key}'")
-    for step in MIGRATIONS[:2]:
-        conn.execute(step)
-    conn.execute("PRAGMA user_version = 2")
+    conn = _cache_at_version(path, key, 2)
     conn.execute(
         "INSERT INTO messages(room_id, pos, event_id, type, sender, ts, status, content, body) "
         "VALUES ('!room:x', 0, '$old', 'm.room.message', '@a:x', 1, 'sent', x'80', 'old'), "
@@ -443,11 +450,7 @@ def test_the_status_check_migration_keeps_rows_numbers_and_the_check(
     """Migration 4 rebuilds messages to respell its status CHECK: the rows and
     their numbers stay, the delete trigger comes back, and the CHECK still refuses."""
     path = tmp_path / "c.db"
-    conn = apsw.Connection(str(path))
-    conn.execute(f"PRAGMA hexkey='{key}'")
-    for step in MIGRATIONS[:3]:
-        conn.execute(step)
-    conn.execute("PRAGMA user_version = 3")
+    conn = _cache_at_version(path, key, 3)
     conn.execute(
         "INSERT INTO messages(ord, room_id, pos, event_id, type, sender, ts, status, content, body) "
         "VALUES (7, '!room:x', 0, '$old', 'm.room.message', '@a:x', 1, 'sent', x'80', 'old')"
