@@ -167,7 +167,8 @@ class IpcStatistics:
 
     #: Commands being handled now.
     in_flight: int
-    #: Commands handed to the handler so far (not counting rejected frames).
+    #: Commands answered so far, by answer_now or the handler (not counting
+    #: frames that did not decode).
     served: int
     #: Connections closed because the peer's uid was not ours.
     refused_peers: int
