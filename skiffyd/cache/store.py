@@ -2000,9 +2000,10 @@ class CacheReader(CacheReads):
     A second connection to the same file, opened after :meth:`Cache.open`
     (which migrated it) and made read-only (``query_only``). In WAL mode a
     reader does not wait for the writer: :meth:`read` sees what was last
-    committed, even while a sync's transaction is open on the cache thread. SQLite reports busy only in rare moments (a
-    WAL being recovered); :meth:`read` then raises :class:`ReaderBusy` at once
-    and the caller takes the thread. Used from one thread (the event loop's).
+    committed, even while a sync's transaction is open on the cache thread.
+    SQLite reports busy only in rare moments (a WAL being recovered);
+    :meth:`read` then raises :class:`ReaderBusy` at once and the caller takes
+    the thread. Used from one thread (the event loop's).
     """
 
     def __init__(self, conn: apsw.Connection) -> None:
