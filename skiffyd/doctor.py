@@ -21,9 +21,9 @@ clock          the homeserver's ``Date`` against the local clock (warn > 30 s)
 service        the systemd unit or launchd agent: installed, enabled, running
 =============  ==============================================================
 
-The cache is opened (then closed at once) only when no daemon has it open:
-when the daemon is running with a session, that it got there is the proof
-that the key fits. Nothing secret is ever put in a check: no token, no key,
+The cache is opened read-only (then closed at once, never migrated) only
+when no daemon has it open: when the daemon is running with a session, that
+it got there is the proof that the key fits. Nothing secret is ever put in a check: no token, no key,
 no password; credentials are read only to find the cache key and the
 homeserver.
 """
@@ -504,7 +504,8 @@ def check_cache(
     ``cache_key`` None: the credentials could not be read here; only the
     files are checked.
     """
-    from skiffyd.cache.store import Cache
+    from skiffyd.cache.migrations import MIGRATIONS
+    from skiffyd.cache.store import CacheReader
 
     path = paths.account_dir(user_id) / "cache.db"
     try:
@@ -551,7 +552,13 @@ def check_cache(
             "restart the daemon, then run doctor again",
         )
     try:
-        cache = Cache.open(path, cache_key, user_id)
+        # Read-only: doctor never migrates (a migration may rebuild a table;
+        # the daemon runs them when it next opens the cache).
+        reader = CacheReader.open(path, cache_key)
+        try:
+            schema = reader.schema_version()
+        finally:
+            reader.close()
     except CacheWrongKeyError:
         return Check(
             "cache",
@@ -562,8 +569,20 @@ def check_cache(
         )
     except CacheError as exc:
         return Check("cache", "fail", f"{path}: {exc.message}", None)
-    cache.close()
-    return Check("cache", "pass", f"{path} (0600) decrypts with the stored key")
+    known = len(MIGRATIONS)
+    if schema > known:
+        return Check(
+            "cache",
+            "fail",
+            f"{path} was written by a newer skiffyd (schema {schema}, this one knows {known})",
+            "run the skiffyd that wrote it, or move the cache aside and let this one build a new one",
+        )
+    later = (
+        f"; schema {schema}, the daemon brings it to {known} when it starts"
+        if schema < known
+        else ""
+    )
+    return Check("cache", "pass", f"{path} (0600) decrypts with the stored key{later}")
 
 
 # ------------------------------------------------------------------ network

@@ -2021,6 +2021,10 @@ class CacheReader(CacheReads):
         conn.execute(f"PRAGMA cache_size=-{READER_PAGE_CACHE_KIB}")
         return cls(conn)
 
+    def schema_version(self) -> int:
+        """The cache's schema (``PRAGMA user_version``): its last migration."""
+        return int(self._scalar("PRAGMA user_version") or 0)
+
     def read(self, fn: Callable[[CacheReads], T]) -> T:
         """``fn(self)``. A read of more than one statement holds its own read
         transaction (:meth:`CacheReads.messages`), so its statements agree."""

@@ -28,9 +28,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import apsw
 import msgspec
 import pytest
 
+from skiffyd.cache.migrations import MIGRATIONS
 from skiffyd.cache.store import Cache
 from skiffyd.config import Paths
 from skiffyd.credentials import Credentials
@@ -699,6 +701,36 @@ def test_doctor_without_a_keyring(make_instance: Callable[..., SkiffyInstance]) 
     assert r.returncode == 1
     assert r.stdout.splitlines()[1].startswith("fail  credentials")
     assert r.stderr == ""
+
+
+def test_doctor_reads_an_old_or_newer_cache_without_migrating_it(paths: Paths) -> None:
+    """Doctor opens a stopped daemon's cache read-only: an older schema is
+    reported (the daemon migrates it), a newer one is a failure, neither is
+    changed."""
+    user = "@old:example"
+    path = paths.account_dir(user) / "cache.db"
+    path.parent.mkdir(parents=True, mode=0o700)
+    conn = apsw.Connection(str(path))
+    conn.execute(f"PRAGMA hexkey='{KEY}'")
+    for step in MIGRATIONS[:2]:
+        conn.execute(step)
+    conn.execute("PRAGMA user_version = 2")
+    conn.close()
+    path.chmod(0o600)
+    c = check_cache(paths, user, KEY, daemon_has_it_open=False)
+    assert c.status == "pass", c
+    assert f"schema 2, the daemon brings it to {len(MIGRATIONS)}" in c.detail
+    conn = apsw.Connection(str(path))
+    conn.execute(f"PRAGMA hexkey='{KEY}'")
+    assert conn.execute("PRAGMA user_version").fetchall() == [(2,)]
+    assert "messages_keep_last_ord" not in str(
+        conn.execute("SELECT name FROM sqlite_master").fetchall()
+    )
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    conn.close()
+    c = check_cache(paths, user, KEY, daemon_has_it_open=False)
+    assert c.status == "fail"
+    assert "newer skiffyd" in c.detail
 
 
 def test_doctor_never_opens_a_cache_a_live_daemon_may_hold(paths: Paths) -> None:
