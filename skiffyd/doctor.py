@@ -23,9 +23,9 @@ service        the systemd unit or launchd agent: installed, enabled, running
 
 The cache is opened read-only (then closed at once, never migrated) only
 when no daemon has it open: when the daemon is running with a session, that
-it got there is the proof that the key fits. Nothing secret is ever put in a check: no token, no key,
-no password; credentials are read only to find the cache key and the
-homeserver.
+it got there is the proof that the key fits. Nothing secret is ever put in
+a check: no token, no key, no password; credentials are read only to find
+the cache key and the homeserver.
 """
 
 from __future__ import annotations
@@ -575,7 +575,8 @@ def check_cache(
             "cache",
             "fail",
             f"{path} was written by a newer skiffyd (schema {schema}, this one knows {known})",
-            "run the skiffyd that wrote it, or move the cache aside and let this one build a new one",
+            "run the skiffyd that wrote it, or move the cache aside and let this one "
+            "build a new one",
         )
     later = (
         f"; schema {schema}, the daemon brings it to {known} when it starts"

@@ -4,8 +4,8 @@ Theory of operation
 -------------------
 One SQLite file per account, encrypted by SQLite3 Multiple Ciphers
 (apsw-sqlite3mc; AEGIS-256, ChaCha20-Poly1305 for older caches) with a
-256-bit key that lives in the keyring. It is the daemon's single source of truth: UIs read only
-from it, the network only writes into it.
+256-bit key that lives in the keyring. It is the daemon's single source of
+truth: UIs read only from it, the network only writes into it.
 
 Every write is one transaction that also appends to the change log: a row
 per event a UI should see, with a global ``seq`` (the row id) and the
