@@ -309,10 +309,9 @@ class Daemon:
         assert self._nursery is not None
         account_dir = self.paths.account_dir(creds.user_id)
         self.paths.ensure_private_dir(account_dir)
-        cache_path = account_dir / "cache.db"
-        cache = await self.db(Cache.open, cache_path, creds.cache_key, creds.user_id)
+        cache = await self.db(Cache.open, account_dir / "cache.db", creds.cache_key, creds.user_id)
         try:
-            reader = await self.db(CacheReader.open, cache_path, creds.cache_key)
+            reader = await self.db(cache.open_reader, creds.cache_key)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self.db(cache.close)

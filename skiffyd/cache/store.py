@@ -37,6 +37,7 @@ import os
 import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import apsw
@@ -83,7 +84,6 @@ from skiffyd.errors import CacheError, CacheWrongKeyError, OutboxError, UnknownR
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
-    from pathlib import Path
 
 T = TypeVar("T")
 
@@ -484,9 +484,13 @@ class CacheReads:
 
 
 class Cache(CacheReads):
-    def __init__(self, conn: apsw.Connection, own_user_id: str) -> None:
+    def __init__(
+        self, conn: apsw.Connection, own_user_id: str, keying: tuple[str, ...] = KEYINGS[0]
+    ) -> None:
         self._conn = conn
         self._own_user_id = own_user_id
+        #: The one of :data:`KEYINGS` this cache was opened with.
+        self._keying = keying
         self._last_seq = self._scalar("SELECT COALESCE(MAX(seq), 0) FROM changelog") or 0
         #: ``_last_seq`` as of the last commit (see :attr:`last_seq`).
         self._committed_seq = self._last_seq
@@ -503,13 +507,7 @@ class Cache(CacheReads):
         # Created 0600 before SQLite touches it (SQLite honours an existing mode).
         fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
         os.close(fd)
-        conn = _open_any(path, key_hex)
-        if conn is None:
-            raise CacheWrongKeyError(
-                "the cache cannot be decrypted with the key in the keyring "
-                "(wrong key, or not a skiffyd cache); log out and in again to start a new one",
-                details={"path": str(path)},
-            )
+        conn, keying = _open_any(path, key_hex, KEYINGS)
         # Only takes effect on a file with no pages yet (a new cache); it must
         # come before WAL mode, which fixes the page size.
         conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
@@ -524,10 +522,15 @@ class Cache(CacheReads):
         conn.execute(f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")
         conn.setbusytimeout(5000)
         migrate(conn)
-        return cls(conn, own_user_id)
+        return cls(conn, own_user_id, keying)
 
     def close(self) -> None:
         self._conn.close()
+
+    def open_reader(self, key_hex: str) -> CacheReader:
+        """A :class:`CacheReader` on this cache's file, keyed as this one is
+        (an older cache's keying is not searched for again)."""
+        return CacheReader.open(Path(self._conn.filename), key_hex, (self._keying,))
 
     @contextmanager
     def _transaction(self) -> Iterator[list[LoggedEvent]]:
@@ -2010,13 +2013,12 @@ class CacheReader(CacheReads):
         self._conn = conn
 
     @classmethod
-    def open(cls, path: Path, key_hex: str) -> CacheReader:
-        conn = _open_any(path, key_hex)
-        if conn is None:
-            raise CacheWrongKeyError(
-                "the cache cannot be decrypted with the key in the keyring",
-                details={"path": str(path)},
-            )
+    def open(
+        cls, path: Path, key_hex: str, keyings: tuple[tuple[str, ...], ...] = KEYINGS
+    ) -> CacheReader:
+        """A reader on the cache at ``path``, keyed the first of ``keyings``
+        ways that decrypts it (see :meth:`Cache.open_reader`)."""
+        conn, _ = _open_any(path, key_hex, keyings)
         conn.execute("PRAGMA query_only=ON")
         conn.execute(f"PRAGMA cache_size=-{READER_PAGE_CACHE_KIB}")
         return cls(conn)
@@ -2037,14 +2039,20 @@ class CacheReader(CacheReads):
         self._conn.close()
 
 
-def _open_any(path: Path, key_hex: str) -> apsw.Connection | None:
-    """A connection to ``path`` keyed the first of :data:`KEYINGS` ways that
-    decrypts it; None if none does (a wrong key)."""
-    for keying in KEYINGS:
+def _open_any(
+    path: Path, key_hex: str, keyings: tuple[tuple[str, ...], ...]
+) -> tuple[apsw.Connection, tuple[str, ...]]:
+    """A connection to ``path`` keyed the first of ``keyings`` ways that
+    decrypts it, and that keying; :class:`CacheWrongKeyError` if none does."""
+    for keying in keyings:
         conn = _open_keyed(path, key_hex, keying)
         if conn is not None:
-            return conn
-    return None
+            return conn, keying
+    raise CacheWrongKeyError(
+        "the cache cannot be decrypted with the key in the keyring "
+        "(wrong key, or not a skiffyd cache); log out and in again to start a new one",
+        details={"path": str(path)},
+    )
 
 
 def _open_keyed(path: Path, key_hex: str, keying: tuple[str, ...]) -> apsw.Connection | None:
