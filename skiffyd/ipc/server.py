@@ -427,9 +427,7 @@ class IpcServer:
             result = self._answer_now(request)
             if result is None:
                 return None
-            if not isinstance(result, _RESULT_TYPES):
-                raise TypeError(f"answer_now returned {type(result).__name__}, not a Result")
-            reply = codec.result_reply(result)
+            reply = _result_reply("answer_now", result)
         except Exception as exc:
             reply = self._error_reply(type(request).__struct_config__.tag, exc)
         self._served += 1
@@ -506,10 +504,7 @@ class IpcServer:
 
     async def _call_handler(self, request: ipc_schema.Request) -> bytes:
         try:
-            result = await self._handler(request)
-            if not isinstance(result, _RESULT_TYPES):
-                raise TypeError(f"handler returned {type(result).__name__}, not a Result")
-            return codec.result_reply(result)
+            return _result_reply("handler", await self._handler(request))
         except Exception as exc:
             return self._error_reply(type(request).__struct_config__.tag, exc)
 
@@ -622,6 +617,13 @@ class IpcServer:
             published_frames=self._published_frames,
             dropped_events=self._dropped_events,
         )
+
+
+def _result_reply(source: str, result: ipc_schema.Result) -> bytes:
+    """The reply frame for ``result``; TypeError if ``source`` gave no Result."""
+    if not isinstance(result, _RESULT_TYPES):
+        raise TypeError(f"{source} returned {type(result).__name__}, not a Result")
+    return codec.result_reply(result)
 
 
 def _skiffy_error(exc: BaseException) -> SkiffyError | None:
