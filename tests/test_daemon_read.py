@@ -11,12 +11,12 @@ import pytest
 import ipc_schema as wire
 from skiffyd.cache import Cache
 from skiffyd.cache.store import CacheReader, CacheReads, ReaderBusy
-from skiffyd.config import Paths
 from skiffyd.core.sync import RoomSync, SyncPlan
 from skiffyd.core.timeline import classify
 from skiffyd.core.wire import ClientEvent
 from skiffyd.daemon import INLINE_READ_ROWS, Daemon
 from skiffyd.errors import SkiffyError, UnknownRoomError
+from tests.ipc.conftest import short_paths
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -55,14 +55,7 @@ def daemon(tmp_path: Path) -> Iterator[tuple[Daemon, Cache, CacheReader]]:
     assert item is not None
     cache.apply_sync(SyncPlan(next_batch="s1", rooms=[RoomSync(ROOM, {}, items=[item])]))
     reader = CacheReader.open(tmp_path / "c.db", key)
-    d = Daemon(
-        Paths(
-            config_dir=tmp_path / "config",
-            data_dir=tmp_path / "data",
-            state_dir=tmp_path / "state",
-            runtime_dir=tmp_path / "run",
-        )
-    )
+    d = Daemon(short_paths(tmp_path))
     yield d, cache, reader
     reader.close()
     cache.close()
