@@ -118,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
         default=5,
         help="runs of each variant of skiffyd's whole path (the best counts: the VM drifts)",
     )
+    parser.add_argument(
+        "--nio-runs",
+        type=int,
+        help="runs of nio's parse, each before a round of skiffyd's runs "
+        "(default: as many as --repeat; the best counts, as for skiffyd's)",
+    )
     parser.add_argument("--incremental-samples", type=int, default=200)
     parser.add_argument("--no-daemon", action="store_true", help="skip the real-daemon part")
     parser.add_argument("--no-profile", action="store_true", help="skip the profile")
@@ -142,6 +148,34 @@ def main(argv: list[str] | None = None) -> int:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
             print(f"\nresults written to {args.json}")
+
+
+def _nio_pairs(
+    n: int, nio_totals: list[Span], daemon_runs: list[inproc.PipelineRun]
+) -> dict[str, Any]:
+    """Print and return skiffyd's speed over nio's, run by run: nio's run k
+    against the daemon variant's run k (the runs right after it)."""
+    pairs = [
+        (x.cpu, r.total.cpu, x.cpu / r.total.cpu)
+        for x, r in zip(nio_totals, daemon_runs, strict=False)
+        if r.total.cpu > 0
+    ]
+    print(f"\nnio from_dict + receive_response, {len(nio_totals)} runs, each before a round:")
+    for k, (nio_cpu, ours_cpu, ratio) in enumerate(pairs):
+        print(
+            f"  round {k + 1}: nio {nio_cpu:.2f} s CPU ({rate(n, nio_cpu):,.0f} events/s), "
+            f"skiffyd (daemon) {ours_cpu:.3f} s → {ratio:.2f}x"
+        )
+    ratios = [p[2] for p in pairs]
+    if ratios:
+        print(
+            f"  paired ratio, CPU: median {statistics.median(ratios):.2f}x, "
+            f"lowest {min(ratios):.2f}x, highest {max(ratios):.2f}x"
+        )
+    return {
+        "pairs": [{"nio_cpu": a, "skiffyd_cpu": b, "ratio": c} for a, b, c in pairs],
+        "median_ratio": statistics.median(ratios) if ratios else None,
+    }
 
 
 def _run(args: argparse.Namespace, workdir: Path, results: dict[str, Any], started: float) -> int:
@@ -213,7 +247,17 @@ def _run(args: argparse.Namespace, workdir: Path, results: dict[str, Any], start
     one_txn_error: str | None = None
     big_cache = None
     repeat = max(1, args.repeat)
+    # nio's run k goes just before round k (run 0 is the anchors' own), so the
+    # ratio can be taken pairwise, each pair in the same minute of the VM.
+    nio_totals = [a.nio_from_dict + a.nio_receive_response]
+    nio_runs = repeat if args.nio_runs is None else args.nio_runs
     for i in range(repeat):
+        if 0 < i < nio_runs:
+            nio_totals.append(inproc.nio_run(corpus.data).total)
+            print(
+                f"   nio run {i + 1} (from_dict + receive_response), wall/CPU s: "
+                f"{span_text(nio_totals[-1])}"
+            )
         for name, logged in variants.items():
             # The account the incremental syncs use: the daemon's variant.
             keep = i == repeat - 1
@@ -317,6 +361,12 @@ def _run(args: argparse.Namespace, workdir: Path, results: dict[str, Any], start
         f"{with_pub_rate:,.0f} events/s"
     )
 
+    nio_paired = _nio_pairs(n, nio_totals, runs["daemon"])
+    nio_best = Span(min(x.wall for x in nio_totals), min(x.cpu for x in nio_totals))
+    if len(nio_totals) > 1:
+        # The table below compares best with best: nio's best run, not its first.
+        anchor_spans["nio from_dict + receive_response"] = nio_best
+
     ratios: dict[str, dict[str, dict[str, float]]] = {}
     for label, span in (("daemon", best), ("logged", logged_best)):
         print(f"\nratio of skiffyd's path ({label}, best) to each anchor, wall / CPU:")
@@ -349,6 +399,9 @@ def _run(args: argparse.Namespace, workdir: Path, results: dict[str, Any], start
         "gc_off_diagnostic": {k: v for k, v in dataclasses.asdict(nogc).items() if k != "events"}
         | {"total": dataclasses.asdict(nogc.total)},
         "ratios": ratios,
+        "nio_runs": [dataclasses.asdict(x) for x in nio_totals],
+        "nio_best": dataclasses.asdict(nio_best),
+        "nio_paired": nio_paired,
     }
     for rs in runs.values():
         for r in rs:

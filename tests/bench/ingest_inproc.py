@@ -198,24 +198,45 @@ def raw_apsw_insert(rows: list[tuple[Any, ...]], path: Path) -> Span:
     return span
 
 
-def anchors(corpus: Corpus, workdir: Path, *, repeat: int = 5) -> Anchors:
+@dataclass
+class NioRun:
+    from_dict: Span
+    receive_response: Span
+    #: Rooms in nio's client after receive_response.
+    rooms: int
+    #: Whether nio's client had encryption on (its receive_response then does olm work).
+    olm: bool
+
+    @property
+    def total(self) -> Span:
+        return self.from_dict + self.receive_response
+
+
+def nio_run(data: bytes) -> NioRun:
+    """nio's ``SyncResponse.from_dict`` and ``Client.receive_response`` on
+    ``data``, each timed; the dict is made outside the spans."""
     import nio
 
+    parsed = json.loads(data)
+    from_dict, response = clock(lambda: nio.SyncResponse.from_dict(parsed))
+    if not isinstance(response, nio.SyncResponse):
+        raise RuntimeError(f"nio could not parse the corpus: {response!r}")
+    client = nio.Client(OWN_USER, "BENCHDEVICE", store_path="")
+    receive, _ = clock(lambda: client.receive_response(response))
+    return NioRun(from_dict, receive, len(client.rooms), client.olm is not None)
+
+
+def anchors(corpus: Corpus, workdir: Path, *, repeat: int = 5) -> Anchors:
     data = corpus.data
     notes: list[str] = []
     json_s = best_of(repeat, lambda: json.loads(data))
     msgspec_s = best_of(repeat, lambda: sync_decoder.decode(data))
 
-    # nio: one run (its parse is the slow one); the dict is made outside the span.
-    parsed = json.loads(data)
-    nio_s, response = clock(lambda: nio.SyncResponse.from_dict(parsed))
-    if not isinstance(response, nio.SyncResponse):
-        raise RuntimeError(f"nio could not parse the corpus: {response!r}")
-    client = nio.Client(OWN_USER, "BENCHDEVICE", store_path="")
-    if client.olm is not None:
+    # nio: one run here (its parse is the slow one; the bench alternates more
+    # runs with skiffyd's, see nio_run).
+    nio = nio_run(data)
+    if nio.olm:
         notes.append("nio client has encryption on; receive_response includes olm work")
-    receive_s, _ = clock(lambda: client.receive_response(response))
-    nio_rooms = len(client.rooms)
 
     plan = plan_sync(sync_decoder.decode(data), OWN_USER)
     rows = message_rows(plan)
@@ -224,9 +245,9 @@ def anchors(corpus: Corpus, workdir: Path, *, repeat: int = 5) -> Anchors:
     return Anchors(
         json_loads=json_s,
         msgspec_decode=msgspec_s,
-        nio_from_dict=nio_s,
-        nio_receive_response=receive_s,
-        nio_rooms=nio_rooms,
+        nio_from_dict=nio.from_dict,
+        nio_receive_response=nio.receive_response,
+        nio_rooms=nio.rooms,
         apsw_rows=len(rows),
         apsw_insert=apsw_s,
         notes=notes,
