@@ -229,4 +229,21 @@ MIGRATIONS: tuple[str, ...] = (
         ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value);
     END;
     """,
+    # 5: the outbox items an ended session of the account left, carried into
+    #    this (new) cache at login and moved into the outbox after the first
+    #    sync, when their rooms are known (Cache.stash_carried / take_carried).
+    """
+    CREATE TABLE carried (
+        seq        INTEGER PRIMARY KEY,
+        txn_id     TEXT NOT NULL UNIQUE,
+        room_id    TEXT NOT NULL,
+        kind       TEXT NOT NULL CHECK (kind IN ('event', 'redaction', 'receipt')),
+        event_type TEXT,
+        content    BLOB NOT NULL,
+        target     TEXT,
+        state      TEXT NOT NULL CHECK (state IN ('queued', 'failed')),
+        last_error TEXT,
+        echo       INTEGER NOT NULL
+    ) STRICT;
+    """,
 )

@@ -60,7 +60,7 @@ from ipc_schema import (
     RoomUpdated,
 )
 from skiffyd.cache.migrations import MIGRATIONS
-from skiffyd.core.outbox import OutboxItem, fill_references, is_event_id
+from skiffyd.core.outbox import OutboxItem, carry_over, fill_references, is_event_id
 from skiffyd.core.sync import (
     ROOM_FIELDS,
     CryptoHook,
@@ -221,6 +221,9 @@ def _message_from_row(row: tuple[Any, ...], display: dict[str, Any] | None = Non
         encrypted=bool(row[19]),
     )
 
+
+#: Why a carried outbox item for a room the account is not in went in failed.
+CARRIED_NO_ROOM = "carried over from a session that ended: the account is not in this room now"
 
 #: Rows whose body is the content's own ``body`` (see ``summarize``).
 _BODY_ROWS = frozenset({"m.room.message", "m.sticker"})
@@ -481,6 +484,49 @@ class CacheReads:
 
     def outbox_count(self) -> int:
         return int(self._scalar("SELECT count(*) FROM outbox") or 0)
+
+    def event_id_for_txn(self, txn_id: str) -> str | None:
+        """The event id an earlier item of ours got (None while it is pending)."""
+        value = self._scalar("SELECT event_id FROM messages WHERE txn_id = ?", (txn_id,))
+        return value if isinstance(value, str) else None
+
+    def carry_out(self) -> list[tuple[OutboxItem, bool]]:
+        """What the next session of this account takes over from this cache's
+        outbox (:func:`~skiffyd.core.outbox.carry_over`), each item with
+        whether it has a local echo; items this cache itself carried in and
+        never got to move into its outbox come first. Read-only: a cache of
+        any schema since the first."""
+        rows: list[tuple[Any, ...]] = []
+        with self._conn:  # one read transaction
+            if self._scalar(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'carried'"
+            ):
+                rows += self._all(
+                    "SELECT txn_id, room_id, kind, event_type, content, target, state, "
+                    "last_error, echo FROM carried ORDER BY seq"
+                )
+            rows += self._all(
+                "SELECT txn_id, room_id, kind, event_type, content, target, state, last_error, "
+                "EXISTS (SELECT 1 FROM messages WHERE messages.txn_id = outbox.txn_id) "
+                "FROM outbox ORDER BY seq"
+            )
+            items = [
+                OutboxItem(
+                    seq=i,
+                    txn_id=r[0],
+                    room_id=r[1],
+                    kind=r[2],
+                    event_type=r[3],
+                    content=_unpack_dict(r[4]),
+                    target=r[5],
+                    state=r[6],
+                    last_error=r[7],
+                )
+                for i, r in enumerate(rows)
+            ]
+            echo = {r[0]: bool(r[8]) for r in rows}
+            carried = carry_over(items, self.event_id_for_txn)
+        return [(item, echo[item.txn_id]) for item in carried]
 
 
 class Cache(CacheReads):
@@ -1732,45 +1778,137 @@ class Cache(CacheReads):
             )
         with self._transaction() as events:
             work = _Work(added=[], touched_targets=set(), rooms={})
-            self._conn.execute(
-                "INSERT INTO outbox(txn_id, room_id, kind, event_type, content, target, state) "
-                "VALUES (?, ?, ?, ?, ?, ?, 'queued')",
-                (txn_id, room_id, kind, event_type, _pack(content), target),
+            self._put_outbox(
+                events,
+                work,
+                OutboxItem(
+                    seq=0,
+                    txn_id=txn_id,
+                    room_id=room_id,
+                    kind=kind,  # type: ignore[arg-type]
+                    event_type=event_type,
+                    content=content,
+                    state="queued",
+                    target=target,
+                ),
+                ts=ts,
+                echo=echo,
             )
-            if echo:
-                relates = content.get("m.relates_to")
-                relates = relates if isinstance(relates, dict) else {}
-                reply = relates.get("m.in_reply_to")
-                thread_root = (
-                    relates.get("event_id") if relates.get("rel_type") == "m.thread" else None
-                )
-                row = self._one(
-                    "INSERT INTO messages(ord, room_id, pos, event_id, txn_id, type, sender, ts, "
-                    "status, content, reply_to, thread_root, body, display, encrypted) "
-                    f"VALUES ({_LAST_ORD_SQL} + 1, ?, ?, NULL, ?, ?, ?, ?, 'pending', ?, ?, ?, "
-                    "'', x'80', COALESCE((SELECT is_encrypted FROM rooms WHERE room_id = ?1), 0)) "
-                    "RETURNING ord",
+            self._finish(events, work)
+        return events
+
+    def _put_outbox(
+        self, events: list[LoggedEvent], work: _Work, item: OutboxItem, *, ts: int, echo: bool
+    ) -> None:
+        """An outbox row for ``item`` (as it is: queued or failed), its local echo, and the log."""
+        room_id, txn_id, content = item.room_id, item.txn_id, item.content
+        kind, event_type, target = item.kind, item.event_type, item.target
+        self._conn.execute(
+            "INSERT INTO outbox(txn_id, room_id, kind, event_type, content, target, state, "
+            "last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                txn_id,
+                room_id,
+                kind,
+                event_type,
+                _pack(content),
+                target,
+                item.state,
+                item.last_error,
+            ),
+        )
+        if echo:
+            relates = content.get("m.relates_to")
+            relates = relates if isinstance(relates, dict) else {}
+            reply = relates.get("m.in_reply_to")
+            thread_root = relates.get("event_id") if relates.get("rel_type") == "m.thread" else None
+            row = self._one(
+                "INSERT INTO messages(ord, room_id, pos, event_id, txn_id, type, sender, ts, "
+                "status, content, reply_to, thread_root, body, display, encrypted) "
+                f"VALUES ({_LAST_ORD_SQL} + 1, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?, "
+                "'', x'80', COALESCE((SELECT is_encrypted FROM rooms WHERE room_id = ?1), 0)) "
+                "RETURNING ord",
+                (
+                    room_id,
+                    self._next_pos(room_id),
+                    txn_id,
+                    event_type,
+                    self._own_user_id,
+                    ts,
+                    "failed" if item.state == "failed" else "pending",
+                    _pack(content),
+                    reply.get("event_id") if isinstance(reply, dict) and not thread_root else None,
+                    thread_root,
+                ),
+            )
+            assert row is not None
+            work.added.append(row[0])
+            work.added_rooms.add(room_id)
+        if kind == "receipt" and target is not None and is_event_id(target):
+            # Read is read at once, offline too; the server hears it in turn.
+            self._patch_room(work, room_id, {"read_receipt": target, "fully_read": target})
+        self._log_outbox(events, txn_id)
+
+    def unsent_count(self) -> int:
+        """Outbox items, and carried ones not yet moved into the outbox."""
+        return self.outbox_count() + int(self._scalar("SELECT count(*) FROM carried") or 0)
+
+    def stash_carried(self, items: list[tuple[OutboxItem, bool]]) -> None:
+        """Keep what an ended session's outbox left (:meth:`CacheReads.carry_out`)
+        until :meth:`take_carried` can put it in the outbox."""
+        with self._conn:
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO carried(txn_id, room_id, kind, event_type, content, "
+                "target, state, last_error, echo) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
                     (
-                        room_id,
-                        self._next_pos(room_id),
-                        txn_id,
-                        event_type,
-                        self._own_user_id,
-                        ts,
-                        _pack(content),
-                        reply.get("event_id")
-                        if isinstance(reply, dict) and not thread_root
-                        else None,
-                        thread_root,
-                    ),
+                        i.txn_id,
+                        i.room_id,
+                        i.kind,
+                        i.event_type,
+                        _pack(i.content),
+                        i.target,
+                        i.state,
+                        i.last_error,
+                        int(echo),
+                    )
+                    for i, echo in items
+                ],
+            )
+
+    def take_carried(self, now_ms: int) -> list[LoggedEvent]:
+        """Move the carried items into the outbox, in their order, each with
+        its local echo at the end of its room; one transaction. Called once
+        the first sync has told which rooms the account is in: an item for a
+        room it is not in goes in failed (it could not be delivered, and its
+        room's encryption is unknown)."""
+        rows = self._all(
+            "SELECT txn_id, room_id, kind, event_type, content, target, state, last_error, echo "
+            "FROM carried ORDER BY seq"
+        )
+        if not rows:
+            return []
+        with self._transaction() as events:
+            work = _Work(added=[], touched_targets=set(), rooms={})
+            for r in rows:
+                if self._outbox_info(r[0]) is not None:
+                    continue
+                item = OutboxItem(
+                    seq=0,
+                    txn_id=r[0],
+                    room_id=r[1],
+                    kind=r[2],
+                    event_type=r[3],
+                    content=_unpack_dict(r[4]),
+                    target=r[5],
+                    state=r[6],
+                    last_error=r[7],
                 )
-                assert row is not None
-                work.added.append(row[0])
-                work.added_rooms.add(room_id)
-            if kind == "receipt" and target is not None and is_event_id(target):
-                # Read is read at once, offline too; the server hears it in turn.
-                self._patch_room(work, room_id, {"read_receipt": target, "fully_read": target})
-            self._log_outbox(events, txn_id)
+                known = self.has_room(item.room_id)
+                if not known:
+                    item = dataclasses.replace(item, state="failed", last_error=CARRIED_NO_ROOM)
+                self._put_outbox(events, work, item, ts=now_ms, echo=bool(r[8]) and known)
+            self._conn.execute("DELETE FROM carried")
             self._finish(events, work)
         return events
 
@@ -1828,11 +1966,6 @@ class Cache(CacheReads):
 
     def outbox_item(self, txn_id: str) -> OutboxItemInfo | None:
         return self._outbox_info(txn_id)
-
-    def event_id_for_txn(self, txn_id: str) -> str | None:
-        """The event id an earlier item of ours got (None while it is pending)."""
-        value = self._scalar("SELECT event_id FROM messages WHERE txn_id = ?", (txn_id,))
-        return value if isinstance(value, str) else None
 
     def record_attempt(self, txn_id: str, error_code: str | None) -> None:
         with self._conn:

@@ -27,6 +27,7 @@ for a while after consecutive failures against the homeserver.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
@@ -91,6 +92,55 @@ def heads(items: Iterable[OutboxItem]) -> list[OutboxItem]:
     for item in sorted(items, key=lambda i: i.seq):
         first.setdefault(item.room_id, item)
     return [i for i in first.values() if i.state == "queued"]
+
+
+#: Why an item carried over from an ended session waits for the user.
+CARRIED_MAYBE_SENT = (
+    "carried over from a session that ended: it may have reached the server before; "
+    "retry to send it (again) or cancel it"
+)
+
+
+def carry_over(
+    items: Iterable[OutboxItem], resolve: Callable[[str], str | None]
+) -> list[OutboxItem]:
+    """What the next session of the account takes over from an ended session's outbox.
+
+    The next session is a new device, and the homeserver scopes txnIds to a
+    device: repeating an item the old device may have delivered would make a
+    second event. Per room only the oldest item was ever in flight (FIFO, one
+    at a time), so only that one is in doubt: a queued event or redaction
+    there goes over ``failed`` (:data:`CARRIED_MAYBE_SENT`), for the user to
+    retry or cancel. Everything behind it was never sent and goes over as it
+    was, held behind it in order. A read receipt is idempotent.
+
+    References to txn ids of items the old session delivered become their
+    event ids (``resolve``: the old cache's answer; the new cache has never
+    heard of those txn ids). A reference to an item that is itself carried
+    stays, and is resolved when that item has been sent.
+    """
+    out: list[OutboxItem] = []
+    rooms: set[str] = set()
+    for item in sorted(items, key=lambda i: i.seq):
+        oldest = item.room_id not in rooms
+        rooms.add(item.room_id)
+        target = item.target
+        if target is not None and not is_event_id(target):
+            target = resolve(target) or target
+        state, error = item.state, item.last_error
+        if oldest and state == "queued" and item.kind != "receipt":
+            state, error = "failed", CARRIED_MAYBE_SENT
+        out.append(
+            dataclasses.replace(
+                item,
+                content=fill_references(item.content, lambda ref: resolve(ref) or ref),
+                target=target,
+                state=state,
+                last_error=error,
+                attempts=0,
+            )
+        )
+    return out
 
 
 def fill_references(content: dict[str, Any], resolve: Callable[[str], str]) -> dict[str, Any]:

@@ -458,7 +458,7 @@ def test_the_status_check_migration_keeps_rows_numbers_and_the_check(
     conn.close()
     c = Cache.open(path, key, ME)
     try:
-        assert c._scalar("PRAGMA user_version") == len(MIGRATIONS) == 4
+        assert c._scalar("PRAGMA user_version") == len(MIGRATIONS) >= 4
         assert c._scalar("SELECT body FROM messages WHERE ord = 7") == "old"
         for status in ("pending", "failed"):
             c._conn.execute(
