@@ -32,18 +32,21 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import apsw
+import msgspec
 import structlog
 import trio
 
 import ipc_schema as wire
 from skiffyd import commands, credentials, logs
 from skiffyd.cache import Cache
-from skiffyd.cache.store import CacheReader, CacheReads, ReaderBusy
+from skiffyd.cache.store import KEYINGS, CacheReader, CacheReads, ReaderBusy
 from skiffyd.config import Paths, Settings
 from skiffyd.core.homeserver import normalize_homeserver
 from skiffyd.core.identifiers import check_room_id, check_room_id_or_alias, check_user_id
 from skiffyd.credentials import Credentials
 from skiffyd.errors import (
+    CacheError,
     ConfigError,
     DaemonAlreadyRunningError,
     MatrixError,
@@ -65,6 +68,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
     from pathlib import Path
 
+    from skiffyd.core.outbox import OutboxItem
     from skiffyd.core.wire import LoginResponse
     from skiffyd.matrix.crypto import Crypto, CryptoService
 
@@ -139,6 +143,8 @@ class AccountSession:
         self.crypto_service: CryptoService | None = None
         #: Set once loading the crypto machine ended, loaded or not.
         self.crypto_loaded = trio.Event()
+        #: Set by the first sync that got through (the rooms are known).
+        self.synced = trio.Event()
 
     @property
     def creds(self) -> Credentials:
@@ -308,6 +314,7 @@ class Daemon:
     async def _start_session(self, creds: Credentials) -> None:
         assert self._nursery is not None
         account_dir = self.paths.account_dir(creds.user_id)
+        await trio.to_thread.run_sync(self._finish_swap, creds)
         self.paths.ensure_private_dir(account_dir)
         cache = await self.db(Cache.open, account_dir / "cache.db", creds.cache_key, creds.user_id)
         try:
@@ -342,11 +349,28 @@ class Daemon:
             db=self.db,
             publish=self.publish,
             set_state=self.set_state,
-            on_synced=session.outbox.homeserver_reachable,
+            on_synced=lambda: self._synced(session),
             own_user_id=creds.user_id,
         )
         self.set_state("connecting")
         await self._nursery.start(self._run_session, session, account_dir / "crypto")
+
+    @staticmethod
+    def _synced(session: AccountSession) -> None:
+        assert session.outbox is not None
+        session.outbox.homeserver_reachable()
+        session.synced.set()
+
+    async def _take_carried(self, session: AccountSession) -> None:
+        """After the first sync: what an ended session's outbox left goes into
+        this one's (:meth:`Cache.take_carried`)."""
+        await session.synced.wait()
+        events = await self.db(session.cache.take_carried, int(time.time() * 1000))
+        if events:
+            log.info("outbox.carried_in")
+            self.publish(events)
+            assert session.outbox is not None
+            session.outbox.wake()
 
     async def _load_crypto(self, session: AccountSession, store_dir: Path) -> bool:
         """nio's Olm machine, on a worker thread (its import alone takes a while)."""
@@ -413,6 +437,7 @@ class Daemon:
                     await nursery.start(session.crypto_service.run)
                     nursery.start_soon(self._decrypt_waiting, session)
                     nursery.start_soon(self._learn_server, session)
+                    nursery.start_soon(self._take_carried, session)
         except* SessionExpiredError as group:
             # Services run in a nursery: their errors arrive as a group.
             expired = group.exceptions[0]
@@ -438,15 +463,28 @@ class Daemon:
             if self.session is not session:
                 return  # a logout got there first
             log.warning("session.expired", revoked=exc.revoked)
+            try:
+                unsent = await self.db(session.cache.unsent_count)
+            except CacheError:
+                unsent = 0
             await self._close_session(session)
             if exc.revoked:
                 # Logged out elsewhere: these credentials will never work again.
-                await trio.to_thread.run_sync(credentials.delete, user_id)
                 await trio.to_thread.run_sync(self._write_pointer, None)
-                account_dir = self.paths.account_dir(user_id)
-                await trio.to_thread.run_sync(
-                    lambda: shutil.rmtree(account_dir, ignore_errors=True)
-                )
+                if unsent:
+                    # Unless the outbox holds something: the cache (and its
+                    # key) stay for the account's next login to carry it over.
+                    retired = msgspec.structs.replace(
+                        session.creds, access_token="", refresh_token=None, expires_at_ms=None
+                    )
+                    await trio.to_thread.run_sync(credentials.save, retired)
+                    log.warning("session.outbox_kept", items=unsent)
+                else:
+                    await trio.to_thread.run_sync(credentials.delete, user_id)
+                    account_dir = self.paths.account_dir(user_id)
+                    await trio.to_thread.run_sync(
+                        lambda: shutil.rmtree(account_dir, ignore_errors=True)
+                    )
         self.publish(
             [
                 wire.SessionExpired(
@@ -769,14 +807,31 @@ class Daemon:
             cache_key=Credentials.new_cache_key(),
             pickle_key=Credentials.new_pickle_key(),
         )
-        # A new device starts with a new cache: a leftover one for this
-        # account is encrypted with a key that is gone.
+        # A new device starts with a new cache. What the outbox of an ended
+        # session of this account left is carried into it (stashed in the new
+        # cache, made beside the old one, before the old one's key is
+        # overwritten); the rest of the old cache goes.
+        carried = await trio.to_thread.run_sync(self._carry_out_of, creds.user_id)
         account_dir = self.paths.account_dir(creds.user_id)
-        if account_dir.exists():
+        if carried:
+            new_dir = _swap_dir(account_dir)
+            await trio.to_thread.run_sync(lambda: shutil.rmtree(new_dir, ignore_errors=True))
+            self.paths.ensure_private_dir(new_dir)
+
+            def stash() -> None:
+                cache = Cache.open(new_dir / "cache.db", creds.cache_key, creds.user_id)
+                try:
+                    cache.stash_carried(carried)
+                finally:
+                    cache.close()
+
+            await self.db(stash)
+            log.info("session.outbox_carried", items=len(carried))
+        elif account_dir.exists():
             await trio.to_thread.run_sync(shutil.rmtree, account_dir)
         await trio.to_thread.run_sync(credentials.save, creds)
         await trio.to_thread.run_sync(self._write_pointer, creds.user_id)
-        await self._start_session(creds)
+        await self._start_session(creds)  # finishes the swap first
         log.info("session.logged_in", device_id=creds.device_id)
         return wire.LoginResult(
             user_id=creds.user_id, device_id=creds.device_id, homeserver=homeserver
@@ -832,6 +887,45 @@ class Daemon:
                 )
         finally:
             self._sso_flows.pop(request.flow_id, None)
+
+    def _carry_out_of(self, user_id: str) -> list[tuple[OutboxItem, bool]]:
+        """What the outbox of an earlier session of ``user_id`` left (revoked
+        or expired, its credentials and cache kept), or nothing. A store or
+        cache that cannot be read gives nothing, and the login goes on."""
+        path = self.paths.account_dir(user_id) / "cache.db"
+        if not path.exists():
+            return []
+        try:
+            old = credentials.load(user_id)
+            if old is None:
+                return []
+            reader = CacheReader.open(path, old.cache_key)
+            try:
+                return reader.carry_out()
+            finally:
+                reader.close()
+        except (SkiffyError, apsw.Error) as exc:
+            code = exc.code if isinstance(exc, SkiffyError) else type(exc).__name__
+            log.warning("session.outbox_not_carried", code=code)
+            return []
+
+    def _finish_swap(self, creds: Credentials) -> None:
+        """A login that carried an outbox over made the new cache beside the
+        old account directory: put it in its place, if it is this session's
+        (it opens with ``creds``' key). One that does not is what a login
+        left that crashed before it saved its credentials: removed, and the
+        old directory stays for the next login to carry over again."""
+        account_dir = self.paths.account_dir(creds.user_id)
+        new_dir = _swap_dir(account_dir)
+        if not new_dir.exists():
+            return
+        try:
+            CacheReader.open(new_dir / "cache.db", creds.cache_key, KEYINGS[:1]).close()
+        except (SkiffyError, apsw.Error):
+            shutil.rmtree(new_dir, ignore_errors=True)
+            return
+        shutil.rmtree(account_dir, ignore_errors=True)
+        new_dir.rename(account_dir)
 
     def _write_pointer(self, user_id: str | None) -> None:
         self.paths.ensure_private_dir(self.paths.state_dir)
@@ -910,3 +1004,8 @@ class Daemon:
 async def serve(paths: Paths | None = None) -> None:
     daemon = Daemon(paths or Paths.from_env())
     await daemon.run()
+
+
+def _swap_dir(account_dir: Path) -> Path:
+    """Where a login that carries an outbox over makes its new cache."""
+    return account_dir.with_name(account_dir.name + ".new")

@@ -132,3 +132,81 @@ def test_revoked_elsewhere_clears_credentials(
     r = inst.cli("rooms")
     assert r.returncode != 0
     assert "SKIFFY_SESSION_NOT_LOGGED_IN" in r.stderr
+
+
+def _delete_device(hs: Synapse, user_id: str, password: str, device: str) -> None:
+    """Log ``device`` out from another login of the account (as a user does
+    from another client's device list)."""
+    other = Peer.logged_in(hs.base_url, user_id, password)
+    try:
+        auth = {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": user_id},
+            "password": password,
+        }
+        other._run(other.client.delete_devices([device], auth=auth))
+    finally:
+        other.close()
+
+
+def test_a_revoked_sessions_outbox_is_carried_into_the_next_login(
+    own_synapse: Synapse,
+    make_instance: Callable[..., SkiffyInstance],
+    make_peer: Callable[..., Peer],
+) -> None:
+    """Messages queued while the homeserver was away, then the device logged
+    out elsewhere before they could go: nothing is lost. The next login (a
+    new device) takes them over; the oldest, which the old device may have
+    delivered, waits for the user; after a retry each arrives exactly once,
+    in order."""
+    hs = own_synapse
+    account = hs.register_account(f"carry-{secrets.token_hex(3)}", secrets.token_urlsafe(18))
+    inst = make_instance()
+    device = inst.login_ready(hs.base_url, account.user_id, account.password)["device_id"]
+    peer = make_peer(hs=hs)
+    room_id = peer.create_room("Carry", None, invite=[account.user_id])
+    inst.join_invited(room_id)
+
+    hs.stop()
+    inst.wait_state("offline", "connecting", timeout=60)
+    tag = secrets.token_hex(3)
+    bodies = [f"carried-{tag}-{n}" for n in range(3)]
+    txns = [inst.send(room_id, body) for body in bodies]
+    assert inst.status()["pending_outbox"] == 3
+    inst.terminate()
+    hs.start()
+    _delete_device(hs, account.user_id, account.password, device)
+
+    # The stored session is refused: logged out, the outbox kept.
+    inst.start()
+    st = inst.wait_state("logged_out", timeout=60)
+    assert "log in again" in (st["last_error"] or "")
+    assert any(r.get("event") == "session.outbox_kept" for r in inst.log_records())
+
+    new_device = inst.login_ready(hs.base_url, account.user_id, account.password)["device_id"]
+    assert new_device != device
+    items = wait_for(
+        lambda: (lambda o: o if len(o) == 3 else None)(inst.outbox()),
+        timeout=60,
+        what="the carried items in the outbox",
+        describe=inst.log_tail,
+    )
+    assert [(i["txn_id"], i["state"]) for i in items] == [
+        (txns[0], "failed"),
+        (txns[1], "queued"),
+        (txns[2], "queued"),
+    ]
+    assert "carried over" in (items[0]["last_error"] or "")
+    echoes = [m for m in inst.messages(room_id) if m.get("txn_id") in txns]
+    assert [(m["body"], m["status"]) for m in echoes] == [
+        (bodies[0], "failed"),
+        (bodies[1], "pending"),
+        (bodies[2], "pending"),
+    ]
+
+    inst.cli_ok("outbox", "retry", txns[0])
+    seen = [m.body for m in peer.wait_for_bodies(room_id, bodies, timeout=60)]
+    assert [b for b in seen if b in bodies] == bodies  # each once, in order
+    wait_for(lambda: inst.outbox() == [], timeout=30, what="the outbox to drain")
+    again = [m.body for m in peer.messages(room_id)]
+    assert [b for b in again if b in bodies] == bodies

@@ -1,0 +1,75 @@
+"""The daemon's side of carrying an outbox over at login: finishing (or
+undoing) the swap of the new cache into the account directory after a crash."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from typing import TYPE_CHECKING
+
+from skiffyd.cache import Cache
+from skiffyd.credentials import Credentials
+from skiffyd.daemon import Daemon, _swap_dir
+from tests.ipc.conftest import short_paths
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+ME = "@me:x"
+
+
+def _creds(cache_key: str) -> Credentials:
+    return Credentials(
+        homeserver="http://127.0.0.1:1",
+        user_id=ME,
+        device_id="DEV",
+        access_token="tok",
+        cache_key=cache_key,
+        pickle_key="p",
+    )
+
+
+def _cache_with(path: Path, key: str, marker: str) -> None:
+    c = Cache.open(path, key, ME)
+    c._conn.execute("INSERT INTO meta(key, value) VALUES ('test_marker', ?)", (marker,))
+    c.close()
+
+
+def _marker(path: Path, key: str) -> str:
+    c = Cache.open(path, key, ME)
+    try:
+        return str(c._scalar("SELECT value FROM meta WHERE key = 'test_marker'"))
+    finally:
+        c.close()
+
+
+def test_a_swap_whose_credentials_were_saved_is_finished(tmp_path: Path) -> None:
+    daemon = Daemon(short_paths(tmp_path))
+    old_key, new_key = secrets.token_hex(32), secrets.token_hex(32)
+    account = daemon.paths.account_dir(ME)
+    _cache_with(account / "cache.db", old_key, "old")
+    _cache_with(_swap_dir(account) / "cache.db", new_key, "new")
+    # Crashed after saving the new credentials, before the swap.
+    daemon._finish_swap(_creds(new_key))
+    assert not _swap_dir(account).exists()
+    assert _marker(account / "cache.db", new_key) == "new"
+    # Crashed after removing the old directory, before the rename.
+    _cache_with(_swap_dir(account) / "cache.db", new_key, "newer")
+    shutil.rmtree(account)
+    daemon._finish_swap(_creds(new_key))
+    assert _marker(account / "cache.db", new_key) == "newer"
+    daemon._finish_swap(_creds(new_key))  # nothing to do
+    assert _marker(account / "cache.db", new_key) == "newer"
+
+
+def test_a_swap_whose_credentials_were_not_saved_is_undone(tmp_path: Path) -> None:
+    """The new cache's key never reached the store: the old directory (and
+    with it what is to be carried) stays for the next login."""
+    daemon = Daemon(short_paths(tmp_path))
+    old_key, lost_key = secrets.token_hex(32), secrets.token_hex(32)
+    account = daemon.paths.account_dir(ME)
+    _cache_with(account / "cache.db", old_key, "old")
+    _cache_with(_swap_dir(account) / "cache.db", lost_key, "orphan")
+    daemon._finish_swap(_creds(old_key))
+    assert not _swap_dir(account).exists()
+    assert _marker(account / "cache.db", old_key) == "old"
