@@ -47,6 +47,7 @@ from skiffyd.core.identifiers import check_room_id, check_room_id_or_alias, chec
 from skiffyd.credentials import Credentials
 from skiffyd.errors import (
     CacheError,
+    CacheWrongKeyError,
     ConfigError,
     DaemonAlreadyRunningError,
     MatrixError,
@@ -919,9 +920,17 @@ class Daemon:
         new_dir = _swap_dir(account_dir)
         if not new_dir.exists():
             return
+        db = new_dir / "cache.db"
+        if not db.exists() or db.stat().st_size == 0:
+            # Crashed before the new cache had a page: any key "opens" an
+            # empty file, so this is never taken for a finished one.
+            shutil.rmtree(new_dir, ignore_errors=True)
+            return
         try:
-            CacheReader.open(new_dir / "cache.db", creds.cache_key, KEYINGS[:1]).close()
-        except (SkiffyError, apsw.Error):
+            CacheReader.open(db, creds.cache_key, KEYINGS[:1]).close()
+        except CacheWrongKeyError:
+            # Anything else (a disk error) is raised: the start fails and
+            # nothing is removed.
             shutil.rmtree(new_dir, ignore_errors=True)
             return
         shutil.rmtree(account_dir, ignore_errors=True)

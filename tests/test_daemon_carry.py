@@ -73,3 +73,20 @@ def test_a_swap_whose_credentials_were_not_saved_is_undone(tmp_path: Path) -> No
     daemon._finish_swap(_creds(old_key))
     assert not _swap_dir(account).exists()
     assert _marker(account / "cache.db", old_key) == "old"
+
+
+def test_a_new_cache_that_never_got_a_page_is_not_taken_for_a_finished_one(
+    tmp_path: Path,
+) -> None:
+    """An empty file opens with any key: a crash right after the new cache
+    file was created must not replace the old directory with it."""
+    daemon = Daemon(short_paths(tmp_path))
+    old_key = secrets.token_hex(32)
+    account = daemon.paths.account_dir(ME)
+    _cache_with(account / "cache.db", old_key, "old")
+    for make in (lambda p: None, lambda p: p.touch()):
+        _swap_dir(account).mkdir()
+        make(_swap_dir(account) / "cache.db")
+        daemon._finish_swap(_creds(old_key))
+        assert not _swap_dir(account).exists()
+        assert _marker(account / "cache.db", old_key) == "old"
