@@ -486,14 +486,16 @@ class Daemon:
                     await trio.to_thread.run_sync(
                         lambda: shutil.rmtree(account_dir, ignore_errors=True)
                     )
+        message = exc.message
+        if unsent:
+            message += (
+                f"; {unsent} unsent outbox item{'s' if unsent != 1 else ''} kept for the "
+                "next login of this account"
+            )
         self.publish(
-            [
-                wire.SessionExpired(
-                    seq=seq, user_id=user_id, revoked=exc.revoked, message=exc.message
-                )
-            ]
+            [wire.SessionExpired(seq=seq, user_id=user_id, revoked=exc.revoked, message=message)]
         )
-        self.set_state("logged_out", exc.message + " (`skiffyd login`)")
+        self.set_state("logged_out", message + " (`skiffyd login`)")
 
     async def _verify(
         self, request: wire.VerifyStart | wire.VerifyAccept | wire.VerifyConfirm | wire.VerifyCancel
