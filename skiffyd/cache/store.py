@@ -2198,7 +2198,9 @@ def _open_keyed(path: Path, key_hex: str, keying: tuple[str, ...]) -> apsw.Conne
         raise CacheError(f"cannot open the cache file: {type(exc).__name__}") from exc
     try:
         for pragma in keying:
-            conn.execute(pragma.format(key=key_hex))
+            # Not cached: apsw's statement cache would keep the key's text
+            # (and show it in cache_stats) for the connection's lifetime.
+            conn.execute(pragma.format(key=key_hex), can_cache=False)
         conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
     except apsw.NotADBError:
         conn.close()

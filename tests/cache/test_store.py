@@ -318,6 +318,19 @@ def test_caches_of_every_keying_open_and_keep_their_cipher(
             Cache.open(path, other, ME)
 
 
+def test_the_key_is_not_kept_in_the_statement_cache(tmp_path: Path, key: str) -> None:
+    c = Cache.open(tmp_path / "c.db", key, ME)
+    reader = c.open_reader(key)
+    try:
+        for conn in (c._conn, reader._conn):
+            stats = conn.cache_stats(True)
+            assert stats["entries"], "the statement cache is in use"
+            assert not [e for e in stats["entries"] if key in e["query"]]
+    finally:
+        reader.close()
+        c.close()
+
+
 def test_file_holds_no_plaintext_and_is_private(tmp_path: Path, key: str) -> None:
     marker = "plaintext-marker-" + secrets.token_hex(8)
     c = Cache.open(tmp_path / "c.db", key, ME)
