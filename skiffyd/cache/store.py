@@ -225,6 +225,25 @@ def _message_from_row(row: tuple[Any, ...], display: dict[str, Any] | None = Non
 #: Why a carried outbox item for a room the account is not in went in failed.
 CARRIED_NO_ROOM = "carried over from a session that ended: the account is not in this room now"
 
+#: An outbox item's columns as carried over (outbox and carried tables alike).
+_CARRIED_COLUMNS = "txn_id, room_id, kind, event_type, content, target, state, last_error"
+
+
+def _carried_item(row: tuple[Any, ...], seq: int = 0) -> OutboxItem:
+    """A row of ``_CARRIED_COLUMNS`` as an :class:`OutboxItem`."""
+    return OutboxItem(
+        seq=seq,
+        txn_id=row[0],
+        room_id=row[1],
+        kind=row[2],
+        event_type=row[3],
+        content=_unpack_dict(row[4]),
+        target=row[5],
+        state=row[6],
+        last_error=row[7],
+    )
+
+
 #: Rows whose body is the content's own ``body`` (see ``summarize``).
 _BODY_ROWS = frozenset({"m.room.message", "m.sticker"})
 
@@ -501,29 +520,13 @@ class CacheReads:
             if self._scalar(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'carried'"
             ):
-                rows += self._all(
-                    "SELECT txn_id, room_id, kind, event_type, content, target, state, "
-                    "last_error, echo FROM carried ORDER BY seq"
-                )
+                rows += self._all(f"SELECT {_CARRIED_COLUMNS}, echo FROM carried ORDER BY seq")
             rows += self._all(
-                "SELECT txn_id, room_id, kind, event_type, content, target, state, last_error, "
+                f"SELECT {_CARRIED_COLUMNS}, "
                 "EXISTS (SELECT 1 FROM messages WHERE messages.txn_id = outbox.txn_id) "
                 "FROM outbox ORDER BY seq"
             )
-            items = [
-                OutboxItem(
-                    seq=i,
-                    txn_id=r[0],
-                    room_id=r[1],
-                    kind=r[2],
-                    event_type=r[3],
-                    content=_unpack_dict(r[4]),
-                    target=r[5],
-                    state=r[6],
-                    last_error=r[7],
-                )
-                for i, r in enumerate(rows)
-            ]
+            items = [_carried_item(r, seq=i) for i, r in enumerate(rows)]
             echo = {r[0]: bool(r[8]) for r in rows}
             carried = carry_over(items, self.event_id_for_txn)
         return [(item, echo[item.txn_id]) for item in carried]
@@ -1882,10 +1885,7 @@ class Cache(CacheReads):
         the first sync has told which rooms the account is in: an item for a
         room it is not in goes in failed (it could not be delivered, and its
         room's encryption is unknown)."""
-        rows = self._all(
-            "SELECT txn_id, room_id, kind, event_type, content, target, state, last_error, echo "
-            "FROM carried ORDER BY seq"
-        )
+        rows = self._all(f"SELECT {_CARRIED_COLUMNS}, echo FROM carried ORDER BY seq")
         if not rows:
             return []
         with self._transaction() as events:
@@ -1893,17 +1893,7 @@ class Cache(CacheReads):
             for r in rows:
                 if self._outbox_info(r[0]) is not None:
                     continue
-                item = OutboxItem(
-                    seq=0,
-                    txn_id=r[0],
-                    room_id=r[1],
-                    kind=r[2],
-                    event_type=r[3],
-                    content=_unpack_dict(r[4]),
-                    target=r[5],
-                    state=r[6],
-                    last_error=r[7],
-                )
+                item = _carried_item(r)
                 known = self.has_room(item.room_id)
                 if not known:
                     item = dataclasses.replace(item, state="failed", last_error=CARRIED_NO_ROOM)

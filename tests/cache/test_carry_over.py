@@ -11,6 +11,7 @@ from skiffyd.cache import Cache
 from skiffyd.cache.store import CARRIED_NO_ROOM, CacheReader
 from skiffyd.core.outbox import CARRIED_MAYBE_SENT, OutboxItem, carry_over, heads
 from skiffyd.core.sync import RoomSync, SyncPlan
+from tests.cache.test_store import _send
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -76,27 +77,14 @@ def _joined(cache: Cache, *rooms: str) -> None:
     )
 
 
-def _queue(cache: Cache, room: str, txn: str, body: str) -> None:
-    cache.enqueue(
-        room_id=room,
-        txn_id=txn,
-        kind="event",
-        event_type="m.room.message",
-        content={"msgtype": "m.text", "body": body},
-        target=None,
-        ts=1,
-        echo=True,
-    )
-
-
 def test_the_outbox_goes_from_the_old_cache_to_the_new_one(tmp_path: Path) -> None:
     old_key, new_key = secrets.token_hex(32), secrets.token_hex(32)
     old = Cache.open(tmp_path / "old.db", old_key, ME)
     _joined(old, A, B, GONE)
-    _queue(old, A, "ta0", "delivered before")
+    _send(old, "delivered before", "ta0", A)
     old.mark_sent("ta0", "$a0")
-    _queue(old, A, "ta1", "first")
-    _queue(old, A, "ta2", "second")
+    _send(old, "first", "ta1", A)
+    _send(old, "second", "ta2", A)
     old.enqueue(
         room_id=A,
         txn_id="ta3",
@@ -107,7 +95,7 @@ def test_the_outbox_goes_from_the_old_cache_to_the_new_one(tmp_path: Path) -> No
         ts=1,
         echo=False,
     )
-    _queue(old, GONE, "tg1", "to a room left meanwhile")
+    _send(old, "to a room left meanwhile", "tg1", GONE)
     old.close()
 
     reader = CacheReader.open(tmp_path / "old.db", old_key)
@@ -160,7 +148,7 @@ def test_a_cache_that_carried_in_and_never_synced_passes_it_on(tmp_path: Path) -
     k1, k2, k3 = (secrets.token_hex(32) for _ in range(3))
     first = Cache.open(tmp_path / "1.db", k1, ME)
     _joined(first, A)
-    _queue(first, A, "t1", "one")
+    _send(first, "one", "t1", A)
     first.close()
     r = CacheReader.open(tmp_path / "1.db", k1)
     carried = r.carry_out()
