@@ -6,6 +6,9 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING, Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from ipc_schema import MessageAdded, OutboxUpdated
 from skiffyd.cache import Cache
 from skiffyd.cache.store import CARRIED_NO_ROOM, CacheReader
@@ -171,3 +174,47 @@ def test_a_cache_that_carried_in_and_never_synced_passes_it_on(tmp_path: Path) -
         assert [(i.txn_id, i.state) for i in third.outbox_items()] == [("t1", "failed")]
     finally:
         third.close()
+
+
+_items = st.lists(
+    st.tuples(
+        st.sampled_from([A, B, "!c:x"]),
+        st.sampled_from(["event", "redaction", "receipt"]),
+        st.sampled_from(["queued", "failed"]),
+        st.integers(0, 3),
+    ),
+    max_size=12,
+)
+
+
+@given(_items, st.randoms(use_true_random=False))
+@settings(max_examples=300, deadline=None)
+def test_carry_over_loses_nothing_and_doubts_at_most_one_item_per_room(
+    spec: list[tuple[str, str, str, int]], rnd: Any
+) -> None:
+    items = [
+        _item(
+            n,
+            room,
+            kind,
+            state=state,
+            attempts=attempts,
+            last_error="E" if state == "failed" else None,
+        )
+        for n, (room, kind, state, attempts) in enumerate(spec)
+    ]
+    shuffled = list(items)
+    rnd.shuffle(shuffled)
+    out = carry_over(shuffled, lambda ref: None)
+    # Every item, once, in the order it was queued, whatever order it was read in.
+    assert [i.txn_id for i in out] == [i.txn_id for i in items]
+    changed = [(a, b) for a, b in zip(items, out, strict=True) if a.state != b.state]
+    rooms = [b.room_id for _, b in changed]
+    assert len(rooms) == len(set(rooms))  # at most one per room ...
+    for before, after in changed:
+        # ... its oldest, a queued message or redaction, now failed and in doubt.
+        assert before.txn_id == next(i.txn_id for i in items if i.room_id == before.room_id)
+        assert (before.state, before.kind != "receipt") == ("queued", True)
+        assert (after.state, after.last_error) == ("failed", CARRIED_MAYBE_SENT)
+    # So nothing but a read receipt goes out before the user has decided.
+    assert all(head.kind == "receipt" for head in heads(out))
