@@ -66,6 +66,12 @@ class Paths:
     def account_pointer(self) -> Path:
         return self.state_dir / "account"
 
+    @property
+    def kept_outbox_note(self) -> Path:
+        """Names the account whose revoked session left its outbox for the
+        next login (JSON: ``user_id``, ``items``), so a restart can say so."""
+        return self.state_dir / "kept-outbox"
+
     def account_dir(self, user_id: str) -> Path:
         # A hash, not the user id, so that the data dir's listing does not
         # name the account.

@@ -25,6 +25,7 @@ the cache is closed, and the lock released.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -288,6 +289,9 @@ class Daemon:
         try:
             user_id = pointer.read_text().strip()
         except FileNotFoundError:
+            kept = await trio.to_thread.run_sync(self._read_kept_note)
+            if kept is not None:
+                self.set_state("logged_out", _kept_message(kept[1]) + " (`skiffyd login`)")
             return
         if not user_id:
             return
@@ -479,6 +483,7 @@ class Daemon:
                         session.creds, access_token="", refresh_token=None, expires_at_ms=None
                     )
                     await trio.to_thread.run_sync(credentials.save, retired)
+                    await trio.to_thread.run_sync(self._write_kept_note, user_id, unsent)
                     log.warning("session.outbox_kept", items=unsent)
                 else:
                     await trio.to_thread.run_sync(credentials.delete, user_id)
@@ -488,10 +493,7 @@ class Daemon:
                     )
         message = exc.message
         if unsent:
-            message += (
-                f"; {unsent} unsent outbox item{'s' if unsent != 1 else ''} kept for the "
-                "next login of this account"
-            )
+            message += "; " + _kept_message(unsent)
         self.publish(
             [wire.SessionExpired(seq=seq, user_id=user_id, revoked=exc.revoked, message=message)]
         )
@@ -835,6 +837,9 @@ class Daemon:
         await trio.to_thread.run_sync(credentials.save, creds)
         await trio.to_thread.run_sync(self._write_pointer, creds.user_id)
         await self._start_session(creds)  # finishes the swap first
+        kept = await trio.to_thread.run_sync(self._read_kept_note)
+        if kept is not None and kept[0] == creds.user_id:
+            await trio.to_thread.run_sync(self._write_kept_note, None, 0)
         log.info("session.logged_in", device_id=creds.device_id)
         return wire.LoginResult(
             user_id=creds.user_id, device_id=creds.device_id, homeserver=homeserver
@@ -938,6 +943,26 @@ class Daemon:
         shutil.rmtree(account_dir, ignore_errors=True)
         new_dir.rename(account_dir)
 
+    def _write_kept_note(self, user_id: str | None, items: int) -> None:
+        note = self.paths.kept_outbox_note
+        if user_id is None:
+            note.unlink(missing_ok=True)
+            return
+        self.paths.ensure_private_dir(self.paths.state_dir)
+        tmp = note.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"user_id": user_id, "items": items}) + "\n")
+        os.replace(tmp, note)
+
+    def _read_kept_note(self) -> tuple[str, int] | None:
+        try:
+            data = json.loads(self.paths.kept_outbox_note.read_text())
+            return str(data["user_id"]), int(data["items"])
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            log.warning("daemon.kept_outbox_note_unreadable")
+            return None
+
     def _write_pointer(self, user_id: str | None) -> None:
         self.paths.ensure_private_dir(self.paths.state_dir)
         pointer = self.paths.account_pointer
@@ -1020,3 +1045,12 @@ async def serve(paths: Paths | None = None) -> None:
 def _swap_dir(account_dir: Path) -> Path:
     """Where a login that carries an outbox over makes its new cache."""
     return account_dir.with_name(account_dir.name + ".new")
+
+
+def _kept_message(items: int) -> str:
+    # No user id: the state's error is logged, and logs name users only by
+    # pseudonym.
+    return (
+        f"{items} unsent outbox item{'s' if items != 1 else ''} kept for the next login "
+        "of the account whose session was revoked"
+    )

@@ -183,9 +183,21 @@ def test_a_revoked_sessions_outbox_is_carried_into_the_next_login(
     assert "log in again" in (st["last_error"] or "")
     assert "3 unsent outbox items kept for the next login" in (st["last_error"] or "")
     assert any(r.get("event") == "session.outbox_kept" for r in inst.log_records())
+    # A restart still says so (nothing resumes the account, a note names it).
+    note = inst.state_home / "skiffyd" / "kept-outbox"
+    assert json.loads(note.read_text())["items"] == 3
+    inst.restart()
+    st = wait_for(
+        lambda: (lambda s: s if s["last_error"] else None)(inst.status()),
+        timeout=30,
+        what="status to give a reason",
+    )
+    assert st["state"] == "logged_out"
+    assert "3 unsent outbox items kept for the next login" in st["last_error"]
 
     new_device = inst.login_ready(hs.base_url, account.user_id, account.password)["device_id"]
     assert new_device != device
+    assert not note.exists()
     items = wait_for(
         lambda: (lambda o: o if len(o) == 3 else None)(inst.outbox()),
         timeout=60,
