@@ -17,6 +17,7 @@ import pytest
 from skiffyd.core import key_export
 from skiffyd.devenv.peer import q
 from skiffyd.devenv.wait import wait_for
+from tests.conftest import Ready
 from tests.integration.test_commands import (
     daemon_room,
     error_code,
@@ -27,13 +28,14 @@ from tests.integration.test_commands import (
     until,
     wait_outbox_empty,
 )
+from tests.integration.test_session import delete_device
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from skiffyd.devenv.instance import SkiffyInstance
     from skiffyd.devenv.peer import Peer
-    from tests.conftest import Ready
+    from skiffyd.devenv.synapse import Synapse
 
 pytestmark = pytest.mark.integration
 
@@ -453,3 +455,49 @@ def test_a_crypto_store_that_does_not_load_leaves_reads_working(ready: Ready) ->
     assert row_with(inst, room_id, event_id)["body"] == text  # type: ignore[index]
     r = inst.cli("devices")
     assert error_code(r, "devices without a crypto store") == "SKIFFY_CRYPTO_NOT_READY"
+
+
+def test_a_revoked_sessions_queue_goes_out_encrypted_from_the_next_device(
+    own_synapse: Synapse,
+    make_instance: Callable[..., SkiffyInstance],
+    make_peer: Callable[..., Peer],
+) -> None:
+    """Messages for an encrypted room, queued offline and left by a revoked
+    device, are carried into the next login and sent by the new device,
+    encrypted with its own keys: the server sees ciphertext only, the peer
+    reads each once, in order."""
+    hs = own_synapse
+    account = hs.register_account(unique("carry"), secrets.token_urlsafe(18))
+    inst = make_instance()
+    device = inst.login_ready(hs.base_url, account.user_id, account.password)["device_id"]
+    peer = make_peer(hs=hs, encrypted=True)
+    room_id = encrypted_room(Ready(daemon=inst, account=account, synapse=hs, peer=peer), peer)
+
+    hs.stop()
+    inst.wait_state("offline", "connecting", timeout=60)
+    bodies = [unique(f"carried-{i}") for i in range(3)]
+    txns = [inst.send(room_id, body) for body in bodies]
+    inst.terminate()
+    hs.start()
+    delete_device(hs, account.user_id, account.password, device)
+    inst.start()
+    inst.wait_state("logged_out", timeout=60)
+
+    inst.login_ready(hs.base_url, account.user_id, account.password)
+    until(inst, "the carried items", lambda: len(inst.outbox()) == 3, timeout=60)
+    inst.cli_ok("outbox", "retry", txns[0])
+    wait_outbox_empty(inst)
+
+    user = account.user_id
+    on_server = [e for e in peer.events(room_id) if e.get("sender") == user]
+    assert {e["type"] for e in on_server if "state_key" not in e} == {"m.room.encrypted"}
+    for event in on_server:
+        assert not any(body in str(event) for body in bodies), "plaintext reached the server"
+    wait_for(
+        lambda: set(bodies) <= {m.body for m in peer.messages(room_id) if m.sender == user},
+        timeout=60,
+        interval=0.5,
+        what="the peer to decrypt the carried messages",
+    )
+    got = [m.body for m in peer.messages(room_id) if m.sender == user and m.body in bodies]
+    assert got == bodies, "each carried message exactly once, in order"

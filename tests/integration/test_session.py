@@ -95,16 +95,7 @@ def test_revoked_elsewhere_clears_credentials(
             timeout=30,
             what="the tail to be subscribed",
         )
-        other = Peer.logged_in(synapse.base_url, account.user_id, account.password)  # type: ignore[attr-defined]
-        try:
-            auth = {
-                "type": "m.login.password",
-                "identifier": {"type": "m.id.user", "user": account.user_id},  # type: ignore[attr-defined]
-                "password": account.password,  # type: ignore[attr-defined]
-            }
-            other._run(other.client.delete_devices([device], auth=auth))
-        finally:
-            other.close()
+        delete_device(synapse, account.user_id, account.password, device)  # type: ignore[attr-defined]
         st = inst.wait_state("logged_out", timeout=60)
         assert "log in again" in (st["last_error"] or "")
         assert st["user_id"] is None
@@ -134,7 +125,7 @@ def test_revoked_elsewhere_clears_credentials(
     assert "SKIFFY_SESSION_NOT_LOGGED_IN" in r.stderr
 
 
-def _delete_device(hs: Synapse, user_id: str, password: str, device: str) -> None:
+def delete_device(hs: Synapse, user_id: str, password: str, device: str) -> None:
     """Log ``device`` out from another login of the account (as a user does
     from another client's device list)."""
     other = Peer.logged_in(hs.base_url, user_id, password)
@@ -175,7 +166,7 @@ def test_a_revoked_sessions_outbox_is_carried_into_the_next_login(
     assert inst.status()["pending_outbox"] == 3
     inst.terminate()
     hs.start()
-    _delete_device(hs, account.user_id, account.password, device)
+    delete_device(hs, account.user_id, account.password, device)
 
     # The stored session is refused: logged out, the outbox kept.
     inst.start()
