@@ -88,6 +88,7 @@ class ErrorCode:
     OUTBOX_UNKNOWN_ITEM = "SKIFFY_OUTBOX_UNKNOWN_ITEM"
     OUTBOX_IN_FLIGHT = "SKIFFY_OUTBOX_IN_FLIGHT"
     OUTBOX_UNKNOWN_TARGET = "SKIFFY_OUTBOX_UNKNOWN_TARGET"
+    OUTBOX_NOT_EMPTY = "SKIFFY_OUTBOX_NOT_EMPTY"
     CONFIG_INVALID = "SKIFFY_CONFIG_INVALID"
 
 
@@ -219,6 +220,9 @@ class Logout(msgspec.Struct, tag_field="cmd", tag="logout", kw_only=True):
     #: Keep the cache and the crypto store on disk (they stay encrypted;
     #: their key leaves with the keyring item, so they cannot be read again).
     keep_cache: bool = False
+    #: Log out even though the outbox still holds messages (they are lost).
+    #: Without it such a logout is refused with ``SKIFFY_OUTBOX_NOT_EMPTY``.
+    discard_outbox: bool = False
 
 
 class Rooms(msgspec.Struct, tag_field="cmd", tag="rooms", kw_only=True):

@@ -469,7 +469,7 @@ class Daemon:
                 return  # a logout got there first
             log.warning("session.expired", revoked=exc.revoked)
             try:
-                unsent = await self.db(session.cache.unsent_count)
+                unsent = await self.db(session.cache.unsent_messages)
             except CacheError:
                 unsent = 0
             await self._close_session(session)
@@ -631,7 +631,9 @@ class Daemon:
             case wire.SsoFinish():
                 return await self._sso_finish(request)
             case wire.Logout():
-                await self._logout(keep_cache=request.keep_cache)
+                await self._logout(
+                    keep_cache=request.keep_cache, discard_outbox=request.discard_outbox
+                )
                 return wire.OkResult()
             case wire.Rooms():
                 s = self.require_session()
@@ -973,10 +975,21 @@ class Daemon:
         tmp.write_text(user_id + "\n")
         os.replace(tmp, pointer)
 
-    async def _logout(self, *, keep_cache: bool = False) -> None:
+    async def _logout(self, *, keep_cache: bool = False, discard_outbox: bool = False) -> None:
         async with self._session_lock:
             session = self.require_session()
             creds = session.creds
+            unsent = await self.db(session.cache.unsent_messages)
+            if unsent and not discard_outbox:
+                raise SkiffyError(
+                    f"{unsent} message{'s' if unsent != 1 else ''} in the outbox would be lost: "
+                    "let them be sent (`skiffyd outbox list`), cancel them, or log out "
+                    "with --discard-outbox",
+                    code=wire.ErrorCode.OUTBOX_NOT_EMPTY,
+                    details={"items": unsent},
+                )
+            if unsent:
+                log.warning("session.outbox_discarded", items=unsent)
             try:
                 await matrix_session.logout(session.transport)
             except MatrixError as exc:

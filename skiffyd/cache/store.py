@@ -1852,9 +1852,17 @@ class Cache(CacheReads):
             self._patch_room(work, room_id, {"read_receipt": target, "fully_read": target})
         self._log_outbox(events, txn_id)
 
-    def unsent_count(self) -> int:
-        """Outbox items, and carried ones not yet moved into the outbox."""
-        return self.outbox_count() + int(self._scalar("SELECT count(*) FROM carried") or 0)
+    def unsent_messages(self) -> int:
+        """Messages and redactions not yet delivered: in the outbox, and
+        carried ones not yet moved there (read receipts do not count: a new
+        session's reading makes its own)."""
+        return int(
+            self._scalar(
+                "SELECT (SELECT count(*) FROM outbox WHERE kind != 'receipt') "
+                "+ (SELECT count(*) FROM carried WHERE kind != 'receipt')"
+            )
+            or 0
+        )
 
     def stash_carried(self, items: list[tuple[OutboxItem, bool]]) -> None:
         """Keep what an ended session's outbox left (:meth:`CacheReads.carry_out`)

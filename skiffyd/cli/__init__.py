@@ -146,9 +146,23 @@ def logout(
     keep_cache: Annotated[
         bool, typer.Option("--keep-cache", help="Keep the (encrypted) cache files on disk")
     ] = False,
+    discard_outbox: Annotated[
+        bool,
+        typer.Option(
+            "--discard-outbox",
+            help="Log out even though messages wait in the outbox (they are lost)",
+        ),
+    ] = False,
 ) -> None:
-    """Log out: ends the session on the server and deletes local credentials and cache."""
-    _request(wire.Logout(keep_cache=keep_cache), wire.OkResult, timeout=60.0)
+    """Log out: ends the session on the server and deletes local credentials and cache.
+
+    Refused while messages wait in the outbox, unless --discard-outbox.
+    """
+    _request(
+        wire.Logout(keep_cache=keep_cache, discard_outbox=discard_outbox),
+        wire.OkResult,
+        timeout=60.0,
+    )
     print("logged out")
 
 

@@ -99,6 +99,17 @@ def test_the_outbox_goes_from_the_old_cache_to_the_new_one(tmp_path: Path) -> No
         echo=False,
     )
     _send(old, "to a room left meanwhile", "tg1", GONE)
+    old.enqueue(
+        room_id=B,
+        txn_id="rb",
+        kind="receipt",
+        event_type=None,
+        content={},
+        target="$read",
+        ts=1,
+        echo=False,
+    )
+    assert old.unsent_messages() == 4  # a read receipt is no message
     old.close()
 
     reader = CacheReader.open(tmp_path / "old.db", old_key)
@@ -109,23 +120,25 @@ def test_the_outbox_goes_from_the_old_cache_to_the_new_one(tmp_path: Path) -> No
         ("ta2", True),
         ("ta3", False),
         ("tg1", True),
+        ("rb", False),
     ]
 
     new = Cache.open(tmp_path / "new.db", new_key, ME)
     try:
         new.stash_carried(carried)
-        assert new.unsent_count() == 4
+        assert new.unsent_messages() == 4
         assert new.outbox_count() == 0
         _joined(new, A, B)  # the first sync: the account is no longer in GONE
         events = new.take_carried(now_ms=99)
         assert new.take_carried(now_ms=100) == []  # moved, not copied
-        assert new.unsent_count() == new.outbox_count() == 4
+        assert (new.unsent_messages(), new.outbox_count()) == (4, 5)
 
         items = {i.txn_id: i for i in new.outbox_items()}
         assert (items["ta1"].state, items["ta1"].last_error) == ("failed", CARRIED_MAYBE_SENT)
         assert items["ta2"].state == items["ta3"].state == "queued"
         assert items["ta3"].target == "$a0"  # the old cache knew what ta0 became
         assert (items["tg1"].state, items["tg1"].last_error) == ("failed", CARRIED_NO_ROOM)
+        assert items["rb"].state == "queued"  # idempotent: never in doubt
         # Local echoes in A, statuses as their items; none in a room not joined.
         rows = new.messages(A, 10)[0]
         assert [(m.txn_id, m.body, m.status) for m in rows] == [
@@ -135,7 +148,7 @@ def test_the_outbox_goes_from_the_old_cache_to_the_new_one(tmp_path: Path) -> No
         assert not new.has_room(GONE)
         # UIs hear of it: every item, and each echo.
         updated = [e.item.txn_id for e in events if isinstance(e, OutboxUpdated)]
-        assert sorted(updated) == ["ta1", "ta2", "ta3", "tg1"]
+        assert sorted(updated) == ["rb", "ta1", "ta2", "ta3", "tg1"]
         assert [e.message.txn_id for e in events if isinstance(e, MessageAdded)] == ["ta1", "ta2"]
         # Sent later, the carried item leaves the outbox as any other.
         new.retry("ta1")
@@ -159,7 +172,7 @@ def test_a_cache_that_carried_in_and_never_synced_passes_it_on(tmp_path: Path) -
 
     second = Cache.open(tmp_path / "2.db", k2, ME)
     second.stash_carried(carried)
-    assert second.unsent_count() == 1
+    assert second.unsent_messages() == 1
     second.close()
     r = CacheReader.open(tmp_path / "2.db", k2)
     again = r.carry_out()

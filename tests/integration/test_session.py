@@ -14,6 +14,7 @@ from skiffyd.devenv.peer import Peer
 from skiffyd.devenv.procs import clean_env
 from skiffyd.devenv.synapse import Synapse
 from skiffyd.devenv.wait import wait_for
+from tests.integration.test_commands import error_code
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -201,6 +202,10 @@ def test_a_revoked_sessions_outbox_is_carried_into_the_next_login(
         (txns[2], "queued"),
     ]
     assert "carried over" in (items[0]["last_error"] or "")
+    # Logging out now would lose them: refused, unless asked for.
+    r = inst.cli("logout")
+    assert error_code(r, "logout with a full outbox") == "SKIFFY_OUTBOX_NOT_EMPTY"
+    assert inst.status()["state"] == "ready"
     echoes = [m for m in inst.messages(room_id) if m.get("txn_id") in txns]
     assert [(m["body"], m["status"]) for m in echoes] == [
         (bodies[0], "failed"),
@@ -214,3 +219,12 @@ def test_a_revoked_sessions_outbox_is_carried_into_the_next_login(
     wait_for(lambda: inst.outbox() == [], timeout=30, what="the outbox to drain")
     again = [m.body for m in peer.messages(room_id)]
     assert [b for b in again if b in bodies] == bodies
+
+    # One more, queued offline: `logout --discard-outbox` is the way to drop it.
+    hs.stop()
+    inst.wait_state("offline", "connecting", timeout=60)
+    inst.send(room_id, f"discarded-{tag}")
+    assert error_code(inst.cli("logout"), "logout") == "SKIFFY_OUTBOX_NOT_EMPTY"
+    inst.cli_ok("logout", "--discard-outbox")
+    assert inst.status()["state"] == "logged_out"
+    assert any(r.get("event") == "session.outbox_discarded" for r in inst.log_records())
