@@ -112,7 +112,9 @@ def carry_over(
     at a time), so only that one is in doubt: a queued event or redaction
     there goes over ``failed`` (:data:`CARRIED_MAYBE_SENT`), for the user to
     retry or cancel. Everything behind it was never sent and goes over as it
-    was, held behind it in order. A read receipt is idempotent.
+    was, held behind it in order. Read receipts stay behind: the new
+    session's first sync brings the server's read markers, and an old
+    receipt applied on top would move them back.
 
     References to txn ids of items the old session delivered become their
     event ids (``resolve``: the old cache's answer; the new cache has never
@@ -127,8 +129,10 @@ def carry_over(
         target = item.target
         if target is not None and not is_event_id(target):
             target = resolve(target) or target
+        if item.kind == "receipt":
+            continue  # (after it has counted as its room's oldest)
         state, error = item.state, item.last_error
-        if oldest and state == "queued" and item.kind != "receipt":
+        if oldest and state == "queued":
             state, error = "failed", CARRIED_MAYBE_SENT
         out.append(
             dataclasses.replace(
