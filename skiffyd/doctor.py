@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import json
 import os
 import ssl
 import stat
@@ -380,6 +381,16 @@ def _credentials_file(paths: Paths, user_id: str) -> Path:
     return EncryptedFileStore(paths.data_dir, None)._path(user_id)
 
 
+def _kept_outbox(paths: Paths) -> tuple[str, int] | None:
+    """The account and count a revoked session's kept outbox note names (the
+    daemon writes it; see docs/architecture.md), if any."""
+    try:
+        data = json.loads(paths.kept_outbox_note.read_text())
+        return str(data["user_id"]), int(data["items"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def check_account(
     paths: Paths,
     status: wire.StatusResult | None = None,
@@ -404,7 +415,15 @@ def check_account(
     except OSError as exc:
         return Check("account", "fail", f"cannot read {pointer}: {exc.strerror}"), None
     if not user_id:
-        return Check("account", "warn", f"no account (no pointer at {pointer})", _LOGIN_HINT), None
+        detail, fix = f"no account (no pointer at {pointer})", _LOGIN_HINT
+        kept = _kept_outbox(paths)
+        if kept is not None:
+            detail += (
+                f"; the revoked session of {kept[0]} left {kept[1]} unsent message"
+                f"{'s' if kept[1] != 1 else ''} for its next login"
+            )
+            fix = f"log in as {kept[0]} to send them (`skiffyd login`)"
+        return Check("account", "warn", detail, fix), None
     account = Account(user_id)
     if in_file:
         path = _credentials_file(paths, user_id)

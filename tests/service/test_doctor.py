@@ -532,6 +532,9 @@ def test_account_check(secret_service: SecretService, tmp_path: Path) -> None:
         out = {{}}
         out["none"] = check_account(paths)[0].to_json()
         paths.state_dir.mkdir(parents=True)
+        paths.kept_outbox_note.write_text(json.dumps({{"user_id": {user!r}, "items": 2}}))
+        out["kept"] = check_account(paths)[0].to_json()
+        paths.kept_outbox_note.unlink()
         paths.account_pointer.write_text({user!r} + "\\n")
         out["no_item"] = check_account(paths)[0].to_json()
         creds = msgspec.json.decode({msgspec.json.encode(creds).decode()!r}, type=credentials.Credentials)
@@ -549,6 +552,9 @@ def test_account_check(secret_service: SecretService, tmp_path: Path) -> None:
         secret_service.delete_items({"service": "skiffy"})
     assert out["none"]["status"] == "warn"
     assert "skiffyd login" in out["none"]["fix"]
+    assert out["kept"]["status"] == "warn"
+    assert f"the revoked session of {user} left 2 unsent messages" in out["kept"]["detail"]
+    assert user in out["kept"]["fix"]
     assert out["no_item"]["status"] == "fail"
     assert "no item" in out["no_item"]["detail"]
     assert out["ok"]["status"] == "pass", out["ok"]
