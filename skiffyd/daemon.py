@@ -1062,8 +1062,8 @@ def _swap_dir(account_dir: Path) -> Path:
 
 def _kept_message(items: int) -> str:
     # No user id: the state's error is logged, and logs name users only by
-    # pseudonym.
+    # pseudonym. Said of a revoked session and of an expired one alike.
     return (
-        f"{items} unsent outbox item{'s' if items != 1 else ''} kept for the next login "
-        "of the account whose session was revoked"
+        f"{items} unsent outbox item{'s' if items != 1 else ''} kept: the account's next "
+        "login sends them"
     )

@@ -173,7 +173,9 @@ def test_a_revoked_sessions_outbox_is_carried_into_the_next_login(
     inst.start()
     st = inst.wait_state("logged_out", timeout=60)
     assert "log in again" in (st["last_error"] or "")
-    assert "3 unsent outbox items kept for the next login" in (st["last_error"] or "")
+    assert "3 unsent outbox items kept: the account's next login sends them" in (
+        st["last_error"] or ""
+    )
     assert any(r.get("event") == "session.outbox_kept" for r in inst.log_records())
     # A restart still says so (nothing resumes the account, a note names it).
     note = inst.state_home / "skiffyd" / "kept-outbox"
@@ -185,7 +187,7 @@ def test_a_revoked_sessions_outbox_is_carried_into_the_next_login(
         what="status to give a reason",
     )
     assert st["state"] == "logged_out"
-    assert "3 unsent outbox items kept for the next login" in st["last_error"]
+    assert "3 unsent outbox items kept: the account's next login sends them" in st["last_error"]
 
     new_device = inst.login_ready(hs.base_url, account.user_id, account.password)["device_id"]
     assert new_device != device
