@@ -818,7 +818,11 @@ class Daemon:
         # session of this account left is carried into it (stashed in the new
         # cache, made beside the old one, before the old one's key is
         # overwritten); the rest of the old cache goes.
-        carried = await trio.to_thread.run_sync(self._carry_out_of, creds.user_id)
+        try:
+            carried = await trio.to_thread.run_sync(self._carry_out_of, creds.user_id)
+        except BaseException:
+            self.set_state(previous_state)  # nothing was removed or saved
+            raise
         account_dir = self.paths.account_dir(creds.user_id)
         if carried:
             new_dir = _swap_dir(account_dir)
@@ -900,15 +904,17 @@ class Daemon:
 
     def _carry_out_of(self, user_id: str) -> list[tuple[OutboxItem, bool]]:
         """What the outbox of an earlier session of ``user_id`` left (revoked
-        or expired, its credentials and cache kept), or nothing. A store or
-        cache that cannot be read gives nothing, and the login goes on."""
+        or expired, its credentials and cache kept), or nothing. A cache that
+        cannot be read gives nothing, and the login goes on (and removes it).
+        A credentials store that fails raises: the login fails before it
+        removes anything (it could not save its own credentials either)."""
         path = self.paths.account_dir(user_id) / "cache.db"
         if not path.exists():
             return []
+        old = credentials.load(user_id)
+        if old is None:
+            return []
         try:
-            old = credentials.load(user_id)
-            if old is None:
-                return []
             reader = CacheReader.open(path, old.cache_key)
             try:
                 return reader.carry_out()

@@ -7,9 +7,13 @@ import secrets
 import shutil
 from typing import TYPE_CHECKING
 
+import pytest
+
+from skiffyd import credentials
 from skiffyd.cache import Cache
 from skiffyd.credentials import Credentials
 from skiffyd.daemon import Daemon, _swap_dir
+from skiffyd.errors import CredentialsError
 from tests.ipc.conftest import short_paths
 
 if TYPE_CHECKING:
@@ -90,3 +94,23 @@ def test_a_new_cache_that_never_got_a_page_is_not_taken_for_a_finished_one(
         daemon._finish_swap(_creds(old_key))
         assert not _swap_dir(account).exists()
         assert _marker(account / "cache.db", old_key) == "old"
+
+
+def test_a_failing_credentials_store_fails_the_carry_before_anything_is_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    daemon = Daemon(short_paths(tmp_path))
+    old_key = secrets.token_hex(32)
+    account = daemon.paths.account_dir(ME)
+    _cache_with(account / "cache.db", old_key, "old")
+
+    def broken(user_id: str) -> None:
+        raise CredentialsError("the keyring is locked")
+
+    monkeypatch.setattr(credentials, "load", broken)
+    with pytest.raises(CredentialsError):
+        daemon._carry_out_of(ME)
+    assert _marker(account / "cache.db", old_key) == "old"
+    # A cache its stored key does not open is given up (the login goes on).
+    monkeypatch.setattr(credentials, "load", lambda user_id: _creds(secrets.token_hex(32)))
+    assert daemon._carry_out_of(ME) == []
