@@ -13,6 +13,7 @@ back to ``/tmp/skiffyd-<uid>``, created 0700 and refused if someone else owns it
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 from dataclasses import dataclass
@@ -71,6 +72,19 @@ class Paths:
         """Names the account whose revoked session left its outbox for the
         next login (JSON: ``user_id``, ``items``), so a restart can say so."""
         return self.state_dir / "kept-outbox"
+
+    def read_kept_outbox(self) -> tuple[str, int] | None:
+        """The account and count :attr:`kept_outbox_note` names; None if
+        there is no note. ValueError if it is not what the daemon writes."""
+        try:
+            text = self.kept_outbox_note.read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            data = json.loads(text)
+            return str(data["user_id"]), int(data["items"])
+        except (KeyError, TypeError) as exc:
+            raise ValueError("not a kept-outbox note") from exc
 
     def account_dir(self, user_id: str) -> Path:
         # A hash, not the user id, so that the data dir's listing does not

@@ -952,34 +952,29 @@ class Daemon:
         new_dir.rename(account_dir)
 
     def _write_kept_note(self, user_id: str | None, items: int) -> None:
-        note = self.paths.kept_outbox_note
-        if user_id is None:
-            note.unlink(missing_ok=True)
-            return
-        self.paths.ensure_private_dir(self.paths.state_dir)
-        tmp = note.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"user_id": user_id, "items": items}) + "\n")
-        os.replace(tmp, note)
+        text = None if user_id is None else json.dumps({"user_id": user_id, "items": items})
+        self._write_state_file(self.paths.kept_outbox_note, text)
 
     def _read_kept_note(self) -> tuple[str, int] | None:
         try:
-            data = json.loads(self.paths.kept_outbox_note.read_text())
-            return str(data["user_id"]), int(data["items"])
-        except FileNotFoundError:
-            return None
-        except (ValueError, KeyError, TypeError):
+            return self.paths.read_kept_outbox()
+        except ValueError:
             log.warning("daemon.kept_outbox_note_unreadable")
             return None
 
     def _write_pointer(self, user_id: str | None) -> None:
+        self._write_state_file(self.paths.account_pointer, user_id)
+
+    def _write_state_file(self, path: Path, text: str | None) -> None:
+        """``text`` (and a newline) into ``path`` in the state directory,
+        atomically; None removes it."""
         self.paths.ensure_private_dir(self.paths.state_dir)
-        pointer = self.paths.account_pointer
-        if user_id is None:
-            pointer.unlink(missing_ok=True)
+        if text is None:
+            path.unlink(missing_ok=True)
             return
-        tmp = pointer.with_suffix(".tmp")
-        tmp.write_text(user_id + "\n")
-        os.replace(tmp, pointer)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text + "\n")
+        os.replace(tmp, path)
 
     async def _logout(self, *, keep_cache: bool = False, discard_outbox: bool = False) -> None:
         async with self._session_lock:

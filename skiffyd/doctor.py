@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import json
 import os
 import ssl
 import stat
@@ -382,12 +381,11 @@ def _credentials_file(paths: Paths, user_id: str) -> Path:
 
 
 def _kept_outbox(paths: Paths) -> tuple[str, int] | None:
-    """The account and count a revoked session's kept outbox note names (the
-    daemon writes it; see docs/architecture.md), if any."""
+    """What a revoked session's kept-outbox note says (the daemon writes it;
+    see docs/architecture.md); None if there is none or it cannot be read."""
     try:
-        data = json.loads(paths.kept_outbox_note.read_text())
-        return str(data["user_id"]), int(data["items"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return paths.read_kept_outbox()
+    except (OSError, ValueError):
         return None
 
 
