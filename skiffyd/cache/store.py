@@ -225,12 +225,12 @@ def _message_from_row(row: tuple[Any, ...], display: dict[str, Any] | None = Non
 #: Why a carried outbox item for a room the account is not in went in failed.
 CARRIED_NO_ROOM = "carried over from a session that ended: the account is not in this room now"
 
-#: An outbox item's columns as carried over (outbox and carried tables alike).
-_CARRIED_COLUMNS = "txn_id, room_id, kind, event_type, content, target, state, last_error"
+#: An outbox item's columns (the outbox and carried tables alike).
+_ITEM_COLUMNS = "txn_id, room_id, kind, event_type, content, target, state, last_error"
 
 
-def _carried_item(row: tuple[Any, ...], seq: int = 0) -> OutboxItem:
-    """A row of ``_CARRIED_COLUMNS`` as an :class:`OutboxItem`."""
+def _outbox_item(row: tuple[Any, ...], seq: int = 0, attempts: int = 0) -> OutboxItem:
+    """A row of ``_ITEM_COLUMNS`` as an :class:`OutboxItem`."""
     return OutboxItem(
         seq=seq,
         txn_id=row[0],
@@ -240,6 +240,7 @@ def _carried_item(row: tuple[Any, ...], seq: int = 0) -> OutboxItem:
         content=_unpack_dict(row[4]),
         target=row[5],
         state=row[6],
+        attempts=attempts,
         last_error=row[7],
     )
 
@@ -520,13 +521,13 @@ class CacheReads:
             if self._scalar(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'carried'"
             ):
-                rows += self._all(f"SELECT {_CARRIED_COLUMNS}, echo FROM carried ORDER BY seq")
+                rows += self._all(f"SELECT {_ITEM_COLUMNS}, echo FROM carried ORDER BY seq")
             rows += self._all(
-                f"SELECT {_CARRIED_COLUMNS}, "
+                f"SELECT {_ITEM_COLUMNS}, "
                 "EXISTS (SELECT 1 FROM messages WHERE messages.txn_id = outbox.txn_id) "
                 "FROM outbox ORDER BY seq"
             )
-            items = [_carried_item(r, seq=i) for i, r in enumerate(rows)]
+            items = [_outbox_item(r, seq=i) for i, r in enumerate(rows)]
             echo = {r[0]: bool(r[8]) for r in rows}
             carried = carry_over(items, self.event_id_for_txn)
         return [(item, echo[item.txn_id]) for item in carried]
@@ -1893,7 +1894,7 @@ class Cache(CacheReads):
         the first sync has told which rooms the account is in: an item for a
         room it is not in goes in failed (it could not be delivered, and its
         room's encryption is unknown)."""
-        rows = self._all(f"SELECT {_CARRIED_COLUMNS}, echo FROM carried ORDER BY seq")
+        rows = self._all(f"SELECT {_ITEM_COLUMNS}, echo FROM carried ORDER BY seq")
         if not rows:
             return []
         with self._transaction() as events:
@@ -1901,7 +1902,7 @@ class Cache(CacheReads):
             for r in rows:
                 if self._outbox_info(r[0]) is not None:
                     continue
-                item = _carried_item(r)
+                item = _outbox_item(r)
                 known = self.has_room(item.room_id)
                 if not known:
                     item = dataclasses.replace(item, state="failed", last_error=CARRIED_NO_ROOM)
@@ -1936,22 +1937,8 @@ class Cache(CacheReads):
 
     def outbox_items(self) -> list[OutboxItem]:
         return [
-            OutboxItem(
-                seq=r[0],
-                txn_id=r[1],
-                room_id=r[2],
-                kind=r[3],
-                event_type=r[4],
-                content=_unpack_dict(r[5]),
-                target=r[6],
-                state=r[7],
-                attempts=r[8],
-                last_error=r[9],
-            )
-            for r in self._all(
-                "SELECT seq, txn_id, room_id, kind, event_type, content, target, state, attempts, "
-                "last_error FROM outbox ORDER BY seq"
-            )
+            _outbox_item(r, seq=r[8], attempts=r[9])
+            for r in self._all(f"SELECT {_ITEM_COLUMNS}, seq, attempts FROM outbox ORDER BY seq")
         ]
 
     def outbox_infos(self, in_flight: frozenset[str] = frozenset()) -> list[OutboxItemInfo]:
