@@ -126,11 +126,11 @@ def carry_over(
     for item in sorted(items, key=lambda i: i.seq):
         oldest = item.room_id not in rooms
         rooms.add(item.room_id)
+        if item.kind == "receipt":
+            continue  # (after it has counted as its room's oldest)
         target = item.target
         if target is not None and not is_event_id(target):
             target = resolve(target) or target
-        if item.kind == "receipt":
-            continue  # (after it has counted as its room's oldest)
         state, error = item.state, item.last_error
         if oldest and state == "queued":
             state, error = "failed", CARRIED_MAYBE_SENT
