@@ -108,6 +108,10 @@ def acquire_lock(paths: Paths) -> int:
 #: How long SIGTERM waits for the outbox's item in flight.
 SHUTDOWN_GRACE_S = 10.0
 
+#: How long undoing a login (:meth:`Daemon._abandon_device`) waits for the
+#: homeserver to log the new device out.
+ABANDON_LOGOUT_S = 10.0
+
 
 def _watchdog_interval() -> float | None:
     """Half of systemd's WatchdogSec, when this process is the one watched."""
@@ -792,13 +796,15 @@ class Daemon:
         self, homeserver: str, login: Callable[[Transport], Awaitable[LoginResponse]]
     ) -> wire.LoginResult:
         """Log in (password or token), store the credentials, start the session."""
-        previous_state = self.state
+        # A failed login leaves the state as it was, with its explanation
+        # (say, that a kept outbox waits for this login).
+        previous = (self.state, self.last_error)
         self.set_state("connecting")
         transport = Transport(homeserver)
         try:
             response = await login(transport)
         except BaseException:
-            self.set_state(previous_state)
+            self.set_state(*previous)
             raise
         finally:
             await transport.aclose()
@@ -818,31 +824,44 @@ class Daemon:
         # session of this account left is carried into it (stashed in the new
         # cache, made beside the old one, before the old one's key is
         # overwritten); the rest of the old cache goes.
+        account_dir = self.paths.account_dir(creds.user_id)
+        new_dir: Path | None = None
         try:
             carried = await trio.to_thread.run_sync(self._carry_out_of, creds.user_id)
+            if carried:
+                new_dir = _swap_dir(account_dir)
+                await trio.to_thread.run_sync(lambda: shutil.rmtree(new_dir, ignore_errors=True))
+                self.paths.ensure_private_dir(new_dir)
+
+                def stash() -> None:
+                    assert new_dir is not None
+                    cache = Cache.open(new_dir / "cache.db", creds.cache_key, creds.user_id)
+                    try:
+                        cache.stash_carried(carried)
+                    finally:
+                        cache.close()
+
+                await self.db(stash)
+                log.info("session.outbox_carried", items=len(carried))
+            elif account_dir.exists():
+                await trio.to_thread.run_sync(shutil.rmtree, account_dir)
+            await trio.to_thread.run_sync(credentials.save, creds)
         except BaseException:
-            self.set_state(previous_state)  # nothing was removed or saved
+            # Nothing of ours holds the new device: the old credentials record
+            # (and with it the key to a kept outbox) is as it was.
+            with trio.CancelScope(shield=True):
+                await self._abandon_device(homeserver, creds, new_dir)
+            self.set_state(*previous)
             raise
-        account_dir = self.paths.account_dir(creds.user_id)
-        if carried:
-            new_dir = _swap_dir(account_dir)
-            await trio.to_thread.run_sync(lambda: shutil.rmtree(new_dir, ignore_errors=True))
-            self.paths.ensure_private_dir(new_dir)
-
-            def stash() -> None:
-                cache = Cache.open(new_dir / "cache.db", creds.cache_key, creds.user_id)
-                try:
-                    cache.stash_carried(carried)
-                finally:
-                    cache.close()
-
-            await self.db(stash)
-            log.info("session.outbox_carried", items=len(carried))
-        elif account_dir.exists():
-            await trio.to_thread.run_sync(shutil.rmtree, account_dir)
-        await trio.to_thread.run_sync(credentials.save, creds)
-        await trio.to_thread.run_sync(self._write_pointer, creds.user_id)
-        await self._start_session(creds)  # finishes the swap first
+        try:
+            await trio.to_thread.run_sync(self._write_pointer, creds.user_id)
+            await self._start_session(creds)  # finishes the swap first
+        except SkiffyError as exc:
+            # The credentials are stored: as when a start cannot resume them,
+            # the state says why (and the next start tries again).
+            log.error("session.start_failed", code=exc.code)
+            self.set_state("logged_out", exc.message)
+            raise
         kept = await trio.to_thread.run_sync(self._read_kept_note)
         if kept is not None and kept[0] == creds.user_id:
             await trio.to_thread.run_sync(self._write_kept_note, None, 0)
@@ -850,6 +869,25 @@ class Daemon:
         return wire.LoginResult(
             user_id=creds.user_id, device_id=creds.device_id, homeserver=homeserver
         )
+
+    async def _abandon_device(
+        self, homeserver: str, creds: Credentials, new_dir: Path | None
+    ) -> None:
+        """Undo a login whose credentials could not be kept: log the new
+        device out on the homeserver (else it stays in the account's device
+        list with a token nobody has), within :data:`ABANDON_LOGOUT_S`, and
+        remove the new cache a carry-over made for it."""
+        transport = Transport(homeserver, access_token=creds.access_token)
+        try:
+            with trio.move_on_after(ABANDON_LOGOUT_S):
+                await matrix_session.logout(transport)
+                log.info("session.login_undone")
+        except MatrixError as exc:
+            log.warning("session.login_undo_failed", code=exc.code)
+        finally:
+            await transport.aclose()
+        if new_dir is not None:
+            await trio.to_thread.run_sync(lambda: shutil.rmtree(new_dir, ignore_errors=True))
 
     async def _sso_start(self, request: wire.SsoStart) -> wire.SsoStartResult:
         self._refuse_if_logged_in()

@@ -19,6 +19,9 @@ from tests.ipc.conftest import short_paths
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from skiffyd.core.wire import LoginResponse
+    from skiffyd.matrix.transport import Transport
+
 ME = "@me:x"
 
 
@@ -114,3 +117,79 @@ def test_a_failing_credentials_store_fails_the_carry_before_anything_is_removed(
     # A cache its stored key does not open is given up (the login goes on).
     monkeypatch.setattr(credentials, "load", lambda user_id: _creds(secrets.token_hex(32)))
     assert daemon._carry_out_of(ME) == []
+
+
+async def test_a_login_whose_credentials_cannot_be_saved_keeps_what_was_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The homeserver accepted the login, the old outbox was stashed in a new
+    cache beside the old one, then the store failed to save the new key: the
+    new cache goes, the old one (and the record holding its key) stays for the
+    next login, and the daemon is in the state it was."""
+    from skiffyd.core.sync import RoomSync, SyncPlan
+    from skiffyd.core.wire import LoginResponse
+    from tests.cache.test_store import _send
+
+    daemon = Daemon(short_paths(tmp_path))
+    daemon.set_state("logged_out", "kept")
+    old_key = secrets.token_hex(32)
+    account = daemon.paths.account_dir(ME)
+    old = Cache.open(account / "cache.db", old_key, ME)
+    old.apply_sync(SyncPlan(next_batch="s", rooms=[RoomSync("!a:x", {"membership": "join"})]))
+    _send(old, "queued when the session ended", "t1", "!a:x")
+    old.close()
+    monkeypatch.setattr(credentials, "load", lambda user_id: _creds(old_key))
+    stashed: list[bool] = []
+
+    def broken(creds: Credentials) -> None:
+        stashed.append(_swap_dir(account).exists())
+        raise CredentialsError("the keyring is locked")
+
+    monkeypatch.setattr(credentials, "save", broken)
+
+    async def login(transport: Transport) -> LoginResponse:
+        return LoginResponse(user_id=ME, access_token="new", device_id="NEW")
+
+    # Undoing the login asks 127.0.0.1:1 to log the device out: refused, logged.
+    with pytest.raises(CredentialsError):
+        await daemon._login_with("http://127.0.0.1:1", login)
+    assert stashed == [True]
+    assert not _swap_dir(account).exists()
+    assert (daemon.state, daemon.last_error) == ("logged_out", "kept")
+    reopened = Cache.open(account / "cache.db", old_key, ME)
+    try:
+        assert [i.txn_id for i in reopened.outbox_items()] == ["t1"]
+    finally:
+        reopened.close()
+
+
+async def test_a_login_whose_session_cannot_start_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The credentials were saved, then the session did not start (here: the
+    cache cannot be opened): the state says why instead of staying at
+    ``connecting``; the stored credentials are what the next start resumes."""
+    from skiffyd.core.wire import LoginResponse
+    from skiffyd.errors import CacheError
+
+    daemon = Daemon(short_paths(tmp_path))
+    saved: list[str] = []
+    monkeypatch.setattr(credentials, "load", lambda user_id: None)
+    monkeypatch.setattr(credentials, "save", lambda creds: saved.append(creds.device_id))
+
+    async def cannot_start(creds: Credentials) -> None:
+        raise CacheError("cannot open the cache file: IOError")
+
+    monkeypatch.setattr(daemon, "_start_session", cannot_start)
+
+    async def login(transport: Transport) -> LoginResponse:
+        return LoginResponse(user_id=ME, access_token="new", device_id="NEW")
+
+    with pytest.raises(CacheError):
+        await daemon._login_with("http://127.0.0.1:1", login)
+    assert saved == ["NEW"]
+    assert daemon.paths.account_pointer.read_text().strip() == ME
+    assert (daemon.state, daemon.last_error) == (
+        "logged_out",
+        "cannot open the cache file: IOError",
+    )

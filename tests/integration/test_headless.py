@@ -144,3 +144,50 @@ def test_logs_hold_no_password_token_or_body(
     assert login_lines
     assert login_lines[0]["cmd"] == "login"
     assert login_lines[0]["request_id"]
+
+
+def _skiffyd_devices(synapse: Synapse, user_id: str, password: str) -> set[str]:
+    """The account's devices named as skiffyd names its own, as the
+    homeserver lists them (seen from another login of the account)."""
+    from nio import DevicesResponse
+
+    from skiffyd.devenv.peer import Peer
+    from skiffyd.matrix.session import DEVICE_DISPLAY_NAME
+
+    other = Peer.logged_in(synapse.base_url, user_id, password)
+    try:
+        listed = other._run(other.client.devices())
+    finally:
+        other.close()
+    assert isinstance(listed, DevicesResponse), listed
+    return {d.id for d in listed.devices if d.display_name == DEVICE_DISPLAY_NAME}
+
+
+def test_a_login_whose_credentials_cannot_be_kept_leaves_no_device(
+    headless: SkiffyInstance, synapse: Synapse, make_user: Callable[..., object]
+) -> None:
+    """The homeserver accepted the password, then the credentials store
+    failed: the login is undone on the homeserver too (no device left with a
+    token nobody holds), the daemon is where it was, and once the store works
+    the next login is the account's only skiffyd device."""
+    from tests.integration.test_commands import error_code
+
+    inst = headless
+    account = make_user("unkept")
+    user_id, password = account.user_id, account.password  # type: ignore[attr-defined]
+    passphrase = inst.root / "passphrase"
+    kept = passphrase.read_text()
+    inst.start()
+    passphrase.unlink()  # the store cannot encrypt anything now
+    failed = inst.cli(
+        "login", "--homeserver", synapse.base_url, "--user", user_id, "--password-stdin",
+        input=password + "\n",
+    )  # fmt: skip
+    assert error_code(failed, "a login with no passphrase") == "SKIFFY_CREDENTIALS_NO_KEYRING"
+    assert inst.status()["state"] == "logged_out"
+    assert '"session.login_undone"' in inst.log_path.read_text()
+    assert _skiffyd_devices(synapse, user_id, password) == set()
+
+    passphrase.write_text(kept)
+    device = inst.login_ready(synapse.base_url, user_id, password)["device_id"]
+    assert _skiffyd_devices(synapse, user_id, password) == {device}
