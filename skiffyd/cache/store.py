@@ -503,7 +503,12 @@ class CacheReads:
         return [_message_from_row(r[:-1]) for r in rows], gaps
 
     def outbox_count(self) -> int:
-        return int(self._scalar("SELECT count(*) FROM outbox") or 0)
+        """Outbox items (``status``'s ``pending_outbox``), counting those
+        carried over from an ended session that wait for the first sync."""
+        return int(
+            self._scalar("SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM carried)")
+            or 0
+        )
 
     def event_id_for_txn(self, txn_id: str) -> str | None:
         """The event id an earlier item of ours got (None while it is pending)."""
