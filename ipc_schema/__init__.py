@@ -225,6 +225,19 @@ class Logout(msgspec.Struct, tag_field="cmd", tag="logout", kw_only=True):
     discard_outbox: bool = False
 
 
+class ForgetAccount(msgspec.Struct, tag_field="cmd", tag="forget_account", kw_only=True):
+    """Remove what skiffyd keeps on this machine for an account that is not
+    logged in: its cache and crypto store, its credentials record, and, if
+    it names that account, the account pointer and the kept-outbox note.
+    Refused for the account logged in now (``logout`` is for that)."""
+
+    user_id: str
+    #: Forget it even though a revoked session's outbox kept unsent messages
+    #: for the account's next login (they are lost). Without it that is
+    #: refused with ``SKIFFY_OUTBOX_NOT_EMPTY``.
+    discard_outbox: bool = False
+
+
 class Rooms(msgspec.Struct, tag_field="cmd", tag="rooms", kw_only=True):
     pass
 
@@ -424,6 +437,7 @@ Request = (
     | Status
     | Login
     | Logout
+    | ForgetAccount
     | Rooms
     | Messages
     | Send
@@ -516,6 +530,13 @@ class SsoStartResult(msgspec.Struct, tag_field="type", tag="sso_start", kw_only=
 
 class OkResult(msgspec.Struct, tag_field="type", tag="ok", kw_only=True):
     pass
+
+
+class ForgetAccountResult(msgspec.Struct, tag_field="type", tag="forget_account", kw_only=True):
+    #: Whether anything was kept for the account (false: nothing to remove).
+    found: bool
+    #: Unsent outbox items that went with it (``discard_outbox``).
+    discarded: int = 0
 
 
 class RoomsResult(msgspec.Struct, tag_field="type", tag="rooms", kw_only=True):
@@ -779,6 +800,7 @@ Result = (
     | StatusResult
     | LoginResult
     | OkResult
+    | ForgetAccountResult
     | RoomsResult
     | MessagesResult
     | SendResult
@@ -861,6 +883,8 @@ __all__ = [
     "Event",
     "EventBatch",
     "Forget",
+    "ForgetAccount",
+    "ForgetAccountResult",
     "GapInfo",
     "GetProfile",
     "Hello",

@@ -639,6 +639,8 @@ class Daemon:
                     keep_cache=request.keep_cache, discard_outbox=request.discard_outbox
                 )
                 return wire.OkResult()
+            case wire.ForgetAccount():
+                return await self._forget_account(request)
             case wire.Rooms():
                 s = self.require_session()
                 return wire.RoomsResult(rooms=await self.db(s.cache.rooms))
@@ -1045,6 +1047,66 @@ class Daemon:
                 )
             self.set_state("logged_out")
             log.info("session.logged_out")
+
+    async def _forget_account(self, request: wire.ForgetAccount) -> wire.ForgetAccountResult:
+        """Remove what is kept for an account that is not logged in: its data
+        directory, its credentials record, and the pointer and kept-outbox
+        note when they name it. Unsent messages a revoked session kept for
+        the account's next login are counted first (what that login would
+        carry over) and only go with ``discard_outbox``."""
+        user_id = check_user_id(request.user_id)
+        async with self._session_lock:
+            if self._resuming == user_id or (
+                self.session is not None and self.session.creds.user_id == user_id
+            ):
+                raise SkiffyError(
+                    "that account is logged in now: `skiffyd logout` ends its session",
+                    code=wire.ErrorCode.SESSION_ALREADY_LOGGED_IN,
+                )
+            account_dir = self.paths.account_dir(user_id)
+            # A credentials store that fails raises here, before anything goes.
+            items = len(await trio.to_thread.run_sync(self._carry_out_of, user_id))
+            if items and not request.discard_outbox:
+                raise SkiffyError(
+                    f"{items} unsent outbox item{'s' if items != 1 else ''} kept for this "
+                    "account's next login would be lost: log in to send them, or forget it "
+                    "with --discard-outbox",
+                    code=wire.ErrorCode.OUTBOX_NOT_EMPTY,
+                    details={"items": items},
+                )
+
+            def forget() -> tuple[bool, bool]:
+                """Whether anything was kept; whether the state's note or
+                pointer named the account."""
+                found = named = False
+                for path in (account_dir, _swap_dir(account_dir)):
+                    if path.exists():
+                        found = True
+                        shutil.rmtree(path)
+                if credentials.load(user_id) is not None:
+                    found = True
+                    credentials.delete(user_id)
+                kept = self._read_kept_note()
+                if kept is not None and kept[0] == user_id:
+                    found = named = True
+                    self._write_kept_note(None, 0)
+                try:
+                    pointer = self.paths.account_pointer.read_text().strip()
+                except FileNotFoundError:
+                    pointer = ""
+                if pointer == user_id:
+                    found = named = True
+                    self._write_pointer(None)
+                return found, named
+
+            found, named = await trio.to_thread.run_sync(forget)
+            if named and self.session is None:
+                # What status said about that account is no longer true.
+                self.set_state("logged_out")
+            if items:
+                log.warning("session.outbox_discarded", items=items)
+            log.info("session.account_forgotten", found=found)
+            return wire.ForgetAccountResult(found=found, discarded=items)
 
     async def _backfill(self, request: wire.Backfill) -> wire.BackfillResult:
         s = self.require_session()

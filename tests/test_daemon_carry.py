@@ -193,3 +193,65 @@ async def test_a_login_whose_session_cannot_start_says_why(
         "logged_out",
         "cannot open the cache file: IOError",
     )
+
+
+async def test_forget_account_counts_the_kept_outbox_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A revoked session's kept outbox is what its next login would carry:
+    forgetting the account is refused while it holds something, unless the
+    caller discards it; then the cache, the credentials record and the note
+    go, and status no longer speaks of them."""
+    from ipc_schema import ErrorCode, ForgetAccount
+    from skiffyd.core.sync import RoomSync, SyncPlan
+    from skiffyd.errors import SkiffyError
+    from tests.cache.test_store import _send
+
+    daemon = Daemon(short_paths(tmp_path))
+    key = secrets.token_hex(32)
+    account = daemon.paths.account_dir(ME)
+    old = Cache.open(account / "cache.db", key, ME)
+    old.apply_sync(SyncPlan(next_batch="s", rooms=[RoomSync("!a:x", {"membership": "join"})]))
+    _send(old, "queued when the session ended", "t1", "!a:x")
+    _send(old, "and another", "t2", "!a:x")
+    old.close()
+    daemon._write_kept_note(ME, 2)
+    daemon.set_state("logged_out", "2 unsent outbox items kept")
+    store = {ME: _creds(key)}
+    monkeypatch.setattr(credentials, "load", store.get)
+    monkeypatch.setattr(credentials, "delete", store.pop)
+
+    with pytest.raises(SkiffyError) as refused:
+        await daemon._forget_account(ForgetAccount(user_id=ME))
+    assert refused.value.code == ErrorCode.OUTBOX_NOT_EMPTY
+    assert refused.value.details == {"items": 2}
+    assert (account / "cache.db").exists()
+    assert ME in store
+    assert daemon.paths.read_kept_outbox() == (ME, 2)
+
+    result = await daemon._forget_account(ForgetAccount(user_id=ME, discard_outbox=True))
+    assert (result.found, result.discarded) == (True, 2)
+    assert not account.exists()
+    assert store == {}
+    assert daemon.paths.read_kept_outbox() is None
+    assert (daemon.state, daemon.last_error) == ("logged_out", None)
+    again = await daemon._forget_account(ForgetAccount(user_id=ME))
+    assert (again.found, again.discarded) == (False, 0)
+
+
+async def test_forget_account_with_a_failing_store_removes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ipc_schema import ForgetAccount
+
+    daemon = Daemon(short_paths(tmp_path))
+    account = daemon.paths.account_dir(ME)
+    _cache_with(account / "cache.db", secrets.token_hex(32), "kept")
+
+    def broken(user_id: str) -> None:
+        raise CredentialsError("the keyring is locked")
+
+    monkeypatch.setattr(credentials, "load", broken)
+    with pytest.raises(CredentialsError):
+        await daemon._forget_account(ForgetAccount(user_id=ME))
+    assert (account / "cache.db").exists()

@@ -166,6 +166,34 @@ def logout(
     print("logged out")
 
 
+@app.command("forget-account")
+def forget_account(
+    user_id: Annotated[str, typer.Argument(help="The account's Matrix id (@user:server)")],
+    discard_outbox: Annotated[
+        bool,
+        typer.Option(
+            "--discard-outbox",
+            help="Forget it even though unsent messages wait for its next login (they are lost)",
+        ),
+    ] = False,
+) -> None:
+    """Remove the data kept on this machine for an account that is not logged in.
+
+    Its cache, crypto store and credentials record. Refused while a revoked
+    session's unsent messages wait for the account's next login, unless
+    --discard-outbox.
+    """
+    result = _request(
+        wire.ForgetAccount(user_id=user_id, discard_outbox=discard_outbox),
+        wire.ForgetAccountResult,
+        timeout=60.0,
+    )
+    if not result.found:
+        print("nothing was kept for that account")
+        return
+    print("forgotten" + (f" ({result.discarded} unsent discarded)" if result.discarded else ""))
+
+
 @app.command()
 def status(as_json: JsonOpt = False) -> None:
     """The daemon's state, account and sync progress."""

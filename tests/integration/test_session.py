@@ -188,6 +188,10 @@ def test_a_revoked_sessions_outbox_is_carried_into_the_next_login(
     )
     assert st["state"] == "logged_out"
     assert "3 unsent outbox items kept: the account's next login sends them" in st["last_error"]
+    # Forgetting the account would lose them: refused (read with the kept key).
+    r = inst.cli("forget-account", account.user_id)
+    assert error_code(r, "forget-account with a kept outbox") == "SKIFFY_OUTBOX_NOT_EMPTY"
+    assert note.exists()
 
     new_device = inst.login_ready(hs.base_url, account.user_id, account.password)["device_id"]
     assert new_device != device
@@ -230,3 +234,29 @@ def test_a_revoked_sessions_outbox_is_carried_into_the_next_login(
     inst.cli_ok("logout", "--discard-outbox")
     assert inst.status()["state"] == "logged_out"
     assert any(r.get("event") == "session.outbox_discarded" for r in inst.log_records())
+
+
+def test_forget_account_removes_what_a_logout_kept(
+    synapse: Synapse,
+    make_instance: Callable[..., SkiffyInstance],
+    make_user: Callable[..., object],
+    secret_service: SecretService,
+) -> None:
+    """`forget-account` removes a kept cache (`logout --keep-cache`), and is
+    refused for the account logged in now."""
+    account = make_user("forget")
+    user_id = account.user_id  # type: ignore[attr-defined]
+    inst = make_instance()
+    inst.login_ready(synapse.base_url, user_id, account.password)  # type: ignore[attr-defined]
+    r = inst.cli("forget-account", user_id)
+    assert error_code(r, "forget the account logged in") == "SKIFFY_SESSION_ALREADY_LOGGED_IN"
+    r = inst.cli("forget-account", "not-a-user-id")
+    assert error_code(r, "forget a malformed id") == "SKIFFY_IPC_INVALID_ARGUMENT"
+    assert inst.status()["state"] == "ready"
+
+    inst.cli_ok("logout", "--keep-cache")
+    assert list(inst.data_home.rglob("cache.db"))
+    assert inst.cli_ok("forget-account", user_id).strip() == "forgotten"
+    assert list(inst.data_home.rglob("cache.db")) == []
+    assert inst.cli_ok("forget-account", user_id).strip() == "nothing was kept for that account"
+    assert any(r.get("event") == "session.account_forgotten" for r in inst.log_records())
