@@ -1022,12 +1022,10 @@ class Daemon:
             creds = session.creds
             unsent = await self.db(session.cache.unsent_messages)
             if unsent and not discard_outbox:
-                raise SkiffyError(
-                    f"{unsent} message{'s' if unsent != 1 else ''} in the outbox would be lost: "
-                    "let them be sent (`skiffyd outbox list`), cancel them, or log out "
-                    "with --discard-outbox",
-                    code=wire.ErrorCode.OUTBOX_NOT_EMPTY,
-                    details={"items": unsent},
+                raise _would_lose(
+                    unsent,
+                    f"{_items(unsent, 'message')} in the outbox would be lost: let them be "
+                    "sent (`skiffyd outbox list`), cancel them, or log out with --discard-outbox",
                 )
             if unsent:
                 log.warning("session.outbox_discarded", items=unsent)
@@ -1067,12 +1065,10 @@ class Daemon:
             # A credentials store that fails raises here, before anything goes.
             items = len(await trio.to_thread.run_sync(self._carry_out_of, user_id))
             if items and not request.discard_outbox:
-                raise SkiffyError(
-                    f"{items} unsent outbox item{'s' if items != 1 else ''} kept for this "
-                    "account's next login would be lost: log in to send them, or forget it "
-                    "with --discard-outbox",
-                    code=wire.ErrorCode.OUTBOX_NOT_EMPTY,
-                    details={"items": items},
+                raise _would_lose(
+                    items,
+                    f"{_items(items, 'unsent outbox item')} kept for this account's next login "
+                    "would be lost: log in to send them, or forget it with --discard-outbox",
                 )
 
             def forget() -> tuple[bool, bool]:
@@ -1161,10 +1157,16 @@ def _swap_dir(account_dir: Path) -> Path:
     return account_dir.with_name(account_dir.name + ".new")
 
 
+def _items(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}"
+
+
+def _would_lose(items: int, message: str) -> SkiffyError:
+    """The refusal of a command that would drop ``items`` unsent outbox items."""
+    return SkiffyError(message, code=wire.ErrorCode.OUTBOX_NOT_EMPTY, details={"items": items})
+
+
 def _kept_message(items: int) -> str:
     # No user id: the state's error is logged, and logs name users only by
     # pseudonym. Said of a revoked session and of an expired one alike.
-    return (
-        f"{items} unsent outbox item{'s' if items != 1 else ''} kept: the account's next "
-        "login sends them"
-    )
+    return f"{_items(items, 'unsent outbox item')} kept: the account's next login sends them"

@@ -36,6 +36,13 @@ def _creds(cache_key: str) -> Credentials:
     )
 
 
+async def _accepted(transport: Transport) -> LoginResponse:
+    """A login the homeserver accepted (the login callable of ``_login_with``)."""
+    from skiffyd.core.wire import LoginResponse
+
+    return LoginResponse(user_id=ME, access_token="new", device_id="NEW")
+
+
 def _cache_with(path: Path, key: str, marker: str) -> None:
     c = Cache.open(path, key, ME)
     c._conn.execute("INSERT INTO meta(key, value) VALUES ('test_marker', ?)", (marker,))
@@ -127,7 +134,6 @@ async def test_a_login_whose_credentials_cannot_be_saved_keeps_what_was_kept(
     new cache goes, the old one (and the record holding its key) stays for the
     next login, and the daemon is in the state it was."""
     from skiffyd.core.sync import RoomSync, SyncPlan
-    from skiffyd.core.wire import LoginResponse
     from tests.cache.test_store import _send
 
     daemon = Daemon(short_paths(tmp_path))
@@ -147,12 +153,9 @@ async def test_a_login_whose_credentials_cannot_be_saved_keeps_what_was_kept(
 
     monkeypatch.setattr(credentials, "save", broken)
 
-    async def login(transport: Transport) -> LoginResponse:
-        return LoginResponse(user_id=ME, access_token="new", device_id="NEW")
-
     # Undoing the login asks 127.0.0.1:1 to log the device out: refused, logged.
     with pytest.raises(CredentialsError):
-        await daemon._login_with("http://127.0.0.1:1", login)
+        await daemon._login_with("http://127.0.0.1:1", _accepted)
     assert stashed == [True]
     assert not _swap_dir(account).exists()
     assert (daemon.state, daemon.last_error) == ("logged_out", "kept")
@@ -169,7 +172,6 @@ async def test_a_login_whose_session_cannot_start_says_why(
     """The credentials were saved, then the session did not start (here: the
     cache cannot be opened): the state says why instead of staying at
     ``connecting``; the stored credentials are what the next start resumes."""
-    from skiffyd.core.wire import LoginResponse
     from skiffyd.errors import CacheError
 
     daemon = Daemon(short_paths(tmp_path))
@@ -182,11 +184,8 @@ async def test_a_login_whose_session_cannot_start_says_why(
 
     monkeypatch.setattr(daemon, "_start_session", cannot_start)
 
-    async def login(transport: Transport) -> LoginResponse:
-        return LoginResponse(user_id=ME, access_token="new", device_id="NEW")
-
     with pytest.raises(CacheError):
-        await daemon._login_with("http://127.0.0.1:1", login)
+        await daemon._login_with("http://127.0.0.1:1", _accepted)
     assert saved == ["NEW"]
     assert daemon.paths.account_pointer.read_text().strip() == ME
     assert (daemon.state, daemon.last_error) == (
