@@ -108,9 +108,10 @@ def acquire_lock(paths: Paths) -> int:
 #: How long SIGTERM waits for the outbox's item in flight.
 SHUTDOWN_GRACE_S = 10.0
 
-#: How long undoing a login (:meth:`Daemon._abandon_device`) waits for the
-#: homeserver to log the new device out.
-ABANDON_LOGOUT_S = 10.0
+#: How long logging out a device the daemon lets go of (a login it cannot
+#: keep, a device a new login replaces, a forgotten account's) waits for the
+#: homeserver (:meth:`Daemon._server_logout`).
+SERVER_LOGOUT_S = 10.0
 
 
 def _watchdog_interval() -> float | None:
@@ -829,7 +830,7 @@ class Daemon:
         account_dir = self.paths.account_dir(creds.user_id)
         new_dir: Path | None = None
         try:
-            carried = await trio.to_thread.run_sync(self._carry_out_of, creds.user_id)
+            old, carried = await trio.to_thread.run_sync(self._kept_for, creds.user_id)
             if carried:
                 new_dir = _swap_dir(account_dir)
                 await trio.to_thread.run_sync(lambda: shutil.rmtree(new_dir, ignore_errors=True))
@@ -868,6 +869,15 @@ class Daemon:
         if kept is not None and kept[0] == creds.user_id:
             await trio.to_thread.run_sync(self._write_kept_note, None, 0)
         log.info("session.logged_in", device_id=creds.device_id)
+        if old is not None and old.device_id != creds.device_id:
+            # The device this account had here (an expired session, or one
+            # that could not start) is replaced: its crypto store is gone, so
+            # it would only linger in the account's device list, and other
+            # devices would go on encrypting for it.
+            assert self._nursery is not None
+            self._nursery.start_soon(
+                self._server_logout, old.homeserver, old.access_token, "replaced_device"
+            )
         return wire.LoginResult(
             user_id=creds.user_id, device_id=creds.device_id, homeserver=homeserver
         )
@@ -877,19 +887,29 @@ class Daemon:
     ) -> None:
         """Undo a login whose credentials could not be kept: log the new
         device out on the homeserver (else it stays in the account's device
-        list with a token nobody has), within :data:`ABANDON_LOGOUT_S`, and
-        remove the new cache a carry-over made for it."""
-        transport = Transport(homeserver, access_token=creds.access_token)
-        try:
-            with trio.move_on_after(ABANDON_LOGOUT_S):
-                await matrix_session.logout(transport)
-                log.info("session.login_undone")
-        except MatrixError as exc:
-            log.warning("session.login_undo_failed", code=exc.code)
-        finally:
-            await transport.aclose()
+        list with a token nobody has) and remove the new cache a carry-over
+        made for it."""
+        await self._server_logout(homeserver, creds.access_token, "undone_login")
         if new_dir is not None:
             await trio.to_thread.run_sync(lambda: shutil.rmtree(new_dir, ignore_errors=True))
+
+    async def _server_logout(self, homeserver: str, access_token: str, of: str) -> None:
+        """Log out the device ``access_token`` belongs to, on the homeserver,
+        within :data:`SERVER_LOGOUT_S`; a failure is logged, not raised (a
+        token that is already dead, a homeserver that cannot be reached)."""
+        if not access_token:
+            return  # a retired record: its device is gone already
+        transport = Transport(homeserver, access_token=access_token)
+        try:
+            with trio.move_on_after(SERVER_LOGOUT_S) as waited:
+                await matrix_session.logout(transport)
+                log.info("session.server_logout", of=of)
+            if waited.cancelled_caught:
+                log.warning("session.server_logout_failed", of=of, code="timeout")
+        except MatrixError as exc:
+            log.warning("session.server_logout_failed", of=of, code=exc.code)
+        finally:
+            await transport.aclose()
 
     async def _sso_start(self, request: wire.SsoStart) -> wire.SsoStartResult:
         self._refuse_if_logged_in()
@@ -942,28 +962,27 @@ class Daemon:
         finally:
             self._sso_flows.pop(request.flow_id, None)
 
-    def _carry_out_of(self, user_id: str) -> list[tuple[OutboxItem, bool]]:
-        """What the outbox of an earlier session of ``user_id`` left (revoked
-        or expired, its credentials and cache kept), or nothing. A cache that
-        cannot be read gives nothing, and the login goes on (and removes it).
-        A credentials store that fails raises: the login fails before it
-        removes anything (it could not save its own credentials either)."""
-        path = self.paths.account_dir(user_id) / "cache.db"
-        if not path.exists():
-            return []
+    def _kept_for(self, user_id: str) -> tuple[Credentials | None, list[tuple[OutboxItem, bool]]]:
+        """The credentials record kept for ``user_id`` (None: none), and what
+        the outbox of that earlier session left (revoked or expired, its
+        credentials and cache kept), or nothing. A cache that cannot be read
+        gives nothing, and the login goes on (and removes it). A credentials
+        store that fails raises: the login fails before it removes anything
+        (it could not save its own credentials either)."""
         old = credentials.load(user_id)
-        if old is None:
-            return []
+        path = self.paths.account_dir(user_id) / "cache.db"
+        if old is None or not path.exists():
+            return old, []
         try:
             reader = CacheReader.open(path, old.cache_key)
             try:
-                return reader.carry_out()
+                return old, reader.carry_out()
             finally:
                 reader.close()
         except (SkiffyError, apsw.Error) as exc:
             code = exc.code if isinstance(exc, SkiffyError) else type(exc).__name__
             log.warning("session.outbox_not_carried", code=code)
-            return []
+            return old, []
 
     def _finish_swap(self, creds: Credentials) -> None:
         """A login that carried an outbox over made the new cache beside the
@@ -1034,7 +1053,7 @@ class Daemon:
             except MatrixError as exc:
                 # The server may be unreachable or the token already gone; the
                 # local state is removed either way, and the user is told.
-                log.warning("session.server_logout_failed", code=exc.code)
+                log.warning("session.server_logout_failed", of="logout", code=exc.code)
             await self._close_session(session)
             await trio.to_thread.run_sync(credentials.delete, creds.user_id)
             await trio.to_thread.run_sync(self._write_pointer, None)
@@ -1063,7 +1082,8 @@ class Daemon:
                 )
             account_dir = self.paths.account_dir(user_id)
             # A credentials store that fails raises here, before anything goes.
-            items = len(await trio.to_thread.run_sync(self._carry_out_of, user_id))
+            old, carried = await trio.to_thread.run_sync(self._kept_for, user_id)
+            items = len(carried)
             if items and not request.discard_outbox:
                 raise _would_lose(
                     items,
@@ -1079,7 +1099,7 @@ class Daemon:
                     if path.exists():
                         found = True
                         shutil.rmtree(path)
-                if credentials.load(user_id) is not None:
+                if old is not None:
                     found = True
                     credentials.delete(user_id)
                 kept = self._read_kept_note()
@@ -1095,6 +1115,10 @@ class Daemon:
                     self._write_pointer(None)
                 return found, named
 
+            if old is not None:
+                # Its device, if its token still works (a session that could
+                # not start), would otherwise stay with a token nobody holds.
+                await self._server_logout(old.homeserver, old.access_token, "forgotten_account")
             found, named = await trio.to_thread.run_sync(forget)
             if named and self.session is None:
                 # What status said about that account is no longer true.

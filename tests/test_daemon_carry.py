@@ -119,11 +119,11 @@ def test_a_failing_credentials_store_fails_the_carry_before_anything_is_removed(
 
     monkeypatch.setattr(credentials, "load", broken)
     with pytest.raises(CredentialsError):
-        daemon._carry_out_of(ME)
+        daemon._kept_for(ME)
     assert _marker(account / "cache.db", old_key) == "old"
     # A cache its stored key does not open is given up (the login goes on).
     monkeypatch.setattr(credentials, "load", lambda user_id: _creds(secrets.token_hex(32)))
-    assert daemon._carry_out_of(ME) == []
+    assert daemon._kept_for(ME)[1] == []
 
 
 async def test_a_login_whose_credentials_cannot_be_saved_keeps_what_was_kept(

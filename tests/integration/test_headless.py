@@ -146,23 +146,6 @@ def test_logs_hold_no_password_token_or_body(
     assert login_lines[0]["request_id"]
 
 
-def _skiffyd_devices(synapse: Synapse, user_id: str, password: str) -> set[str]:
-    """The account's devices named as skiffyd names its own, as the
-    homeserver lists them (seen from another login of the account)."""
-    from nio import DevicesResponse
-
-    from skiffyd.devenv.peer import Peer
-    from skiffyd.matrix.session import DEVICE_DISPLAY_NAME
-
-    other = Peer.logged_in(synapse.base_url, user_id, password)
-    try:
-        listed = other._run(other.client.devices())
-    finally:
-        other.close()
-    assert isinstance(listed, DevicesResponse), listed
-    return {d.id for d in listed.devices if d.display_name == DEVICE_DISPLAY_NAME}
-
-
 def test_a_login_whose_credentials_cannot_be_kept_leaves_no_device(
     headless: SkiffyInstance, synapse: Synapse, make_user: Callable[..., object]
 ) -> None:
@@ -171,6 +154,7 @@ def test_a_login_whose_credentials_cannot_be_kept_leaves_no_device(
     token nobody holds), the daemon is where it was, and once the store works
     the next login is the account's only skiffyd device."""
     from tests.integration.test_commands import error_code
+    from tests.integration.test_session import skiffyd_devices
 
     inst = headless
     account = make_user("unkept")
@@ -185,9 +169,12 @@ def test_a_login_whose_credentials_cannot_be_kept_leaves_no_device(
     )  # fmt: skip
     assert error_code(failed, "a login with no passphrase") == "SKIFFY_CREDENTIALS_NO_KEYRING"
     assert inst.status()["state"] == "logged_out"
-    assert '"session.login_undone"' in inst.log_path.read_text()
-    assert _skiffyd_devices(synapse, user_id, password) == set()
+    assert any(
+        r.get("event") == "session.server_logout" and r.get("of") == "undone_login"
+        for r in inst.log_records()
+    )
+    assert skiffyd_devices(synapse, user_id, password) == set()
 
     passphrase.write_text(kept)
     device = inst.login_ready(synapse.base_url, user_id, password)["device_id"]
-    assert _skiffyd_devices(synapse, user_id, password) == {device}
+    assert skiffyd_devices(synapse, user_id, password) == {device}

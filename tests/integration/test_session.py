@@ -141,6 +141,22 @@ def delete_device(hs: Synapse, user_id: str, password: str, device: str) -> None
         other.close()
 
 
+def skiffyd_devices(synapse: Synapse, user_id: str, password: str) -> set[str]:
+    """The account's devices named as skiffyd names its own, as the
+    homeserver lists them (seen from another login of the account)."""
+    from nio import DevicesResponse
+
+    from skiffyd.matrix.session import DEVICE_DISPLAY_NAME
+
+    other = Peer.logged_in(synapse.base_url, user_id, password)
+    try:
+        listed = other._run(other.client.devices())
+    finally:
+        other.close()
+    assert isinstance(listed, DevicesResponse), listed
+    return {d.id for d in listed.devices if d.display_name == DEVICE_DISPLAY_NAME}
+
+
 def test_a_revoked_sessions_outbox_is_carried_into_the_next_login(
     own_synapse: Synapse,
     make_instance: Callable[..., SkiffyInstance],
@@ -260,3 +276,41 @@ def test_forget_account_removes_what_a_logout_kept(
     assert list(inst.data_home.rglob("cache.db")) == []
     assert inst.cli_ok("forget-account", user_id).strip() == "nothing was kept for that account"
     assert any(r.get("event") == "session.account_forgotten" for r in inst.log_records())
+
+
+def test_a_new_login_logs_out_the_device_it_replaces(
+    synapse: Synapse,
+    make_instance: Callable[..., SkiffyInstance],
+    make_user: Callable[..., object],
+    secret_service: SecretService,
+) -> None:
+    """A stored session that cannot start (here its cache no longer opens
+    with the stored key) is replaced by the next login, and its device,
+    whose token still works, is logged out on the homeserver: the account
+    keeps one skiffyd device, not one per login."""
+    account = make_user("replaced")
+    user_id, password = account.user_id, account.password  # type: ignore[attr-defined]
+    inst = make_instance()
+    first = inst.login_ready(synapse.base_url, user_id, password)["device_id"]
+    inst.terminate()
+    (cache,) = inst.data_home.rglob("cache.db")
+    for stale in cache.parent.glob("cache.db-*"):  # the WAL, with the last commits
+        stale.unlink()
+    cache.write_bytes(secrets.token_bytes(cache.stat().st_size))
+
+    inst.start()
+    st = inst.wait_state("logged_out", timeout=60)
+    assert "cannot be decrypted" in (st["last_error"] or "")
+    assert skiffyd_devices(synapse, user_id, password) == {first}
+
+    second = inst.login_ready(synapse.base_url, user_id, password)["device_id"]
+    assert second != first
+    wait_for(
+        lambda: skiffyd_devices(synapse, user_id, password) == {second},
+        timeout=30,
+        what="the replaced device to be logged out",
+    )
+    assert any(
+        r.get("event") == "session.server_logout" and r.get("of") == "replaced_device"
+        for r in inst.log_records()
+    )
