@@ -968,8 +968,15 @@ class Daemon:
         credentials and cache kept), or nothing. A cache that cannot be read
         gives nothing, and the login goes on (and removes it). A credentials
         store that fails raises: the login fails before it removes anything
-        (it could not save its own credentials either)."""
+        (it could not save its own credentials either).
+
+        A login killed after it saved its credentials and before it wrote the
+        account pointer left its new cache beside the old directory, and no
+        start resumes it (no pointer): the swap is finished here first, so
+        the stash is read with the key that was stored with it."""
         old = credentials.load(user_id)
+        if old is not None:
+            self._finish_swap(old)
         path = self.paths.account_dir(user_id) / "cache.db"
         if old is None or not path.exists():
             return old, []

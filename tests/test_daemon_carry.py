@@ -11,6 +11,7 @@ import pytest
 
 from skiffyd import credentials
 from skiffyd.cache import Cache
+from skiffyd.cache.store import CacheReader
 from skiffyd.credentials import Credentials
 from skiffyd.daemon import Daemon, _swap_dir
 from skiffyd.errors import CredentialsError
@@ -254,3 +255,38 @@ async def test_forget_account_with_a_failing_store_removes_nothing(
     with pytest.raises(CredentialsError):
         await daemon._forget_account(ForgetAccount(user_id=ME))
     assert (account / "cache.db").exists()
+
+
+def test_a_login_that_crashed_before_its_pointer_is_carried_over_by_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after the new credentials were saved, before the account
+    pointer was written: no session resumes at the next start (no pointer),
+    so the swap is not finished there. The next login finds the stored key
+    (the crashed login's) and the new cache beside the old directory: it
+    finishes the swap, and what the stash held is carried over again."""
+    from skiffyd.core.sync import RoomSync, SyncPlan
+    from tests.cache.test_store import _send
+
+    daemon = Daemon(short_paths(tmp_path))
+    old_key, crashed_key = secrets.token_hex(32), secrets.token_hex(32)
+    account = daemon.paths.account_dir(ME)
+    old = Cache.open(account / "cache.db", old_key, ME)
+    old.apply_sync(SyncPlan(next_batch="s", rooms=[RoomSync("!a:x", {"membership": "join"})]))
+    _send(old, "queued when the session ended", "t1", "!a:x")
+    _send(old, "and another", "t2", "!a:x")
+    old.close()
+    reader = CacheReader.open(account / "cache.db", old_key)
+    carried = reader.carry_out()
+    reader.close()
+    stash = Cache.open(_swap_dir(account) / "cache.db", crashed_key, ME)
+    stash.stash_carried(carried)
+    stash.close()
+    # The crashed login's credentials are the stored ones now.
+    monkeypatch.setattr(credentials, "load", lambda user_id: _creds(crashed_key))
+
+    stored, again = daemon._kept_for(ME)
+    assert stored is not None
+    assert stored.cache_key == crashed_key
+    assert [i.txn_id for i, _ in again] == ["t1", "t2"]
+    assert not _swap_dir(account).exists()

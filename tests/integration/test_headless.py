@@ -178,3 +178,92 @@ def test_a_login_whose_credentials_cannot_be_kept_leaves_no_device(
     passphrase.write_text(kept)
     device = inst.login_ready(synapse.base_url, user_id, password)["device_id"]
     assert skiffyd_devices(synapse, user_id, password) == {device}
+
+
+@pytest.mark.parametrize("moment", ["stash", "saved"])
+def test_a_login_killed_while_it_carries_an_outbox_over_loses_nothing(
+    moment: str,
+    headless: SkiffyInstance,
+    own_synapse: Synapse,
+    make_peer: Callable[..., Peer],
+) -> None:
+    """kill -9 in the middle of a login that carries a revoked session's
+    outbox over: as soon as its new cache appears beside the old one
+    (`stash`), or as soon as its credentials are stored (`saved`; the
+    encrypted-file store's scrypt makes both moments wide enough to hit).
+    After a restart (and another login, when none resumes), every message
+    arrives exactly once, in order."""
+    import hashlib
+    import os
+    import subprocess
+    import time
+
+    from tests.integration.test_session import delete_device
+
+    hs, inst = own_synapse, headless
+    account = hs.register_account(f"crash-{secrets.token_hex(3)}", secrets.token_urlsafe(18))
+    inst.start()
+    device = inst.login_ready(hs.base_url, account.user_id, account.password)["device_id"]
+    peer = make_peer(hs=hs)
+    room_id = peer.create_room("Crash carry", None, invite=[account.user_id])
+    inst.join_invited(room_id)
+    hs.stop()
+    inst.wait_state("offline", "connecting", timeout=60)
+    bodies = [f"crash-{moment}-{secrets.token_hex(3)}-{n}" for n in range(3)]
+    txns = [inst.send(room_id, body) for body in bodies]
+    inst.terminate()
+    hs.start()
+    delete_device(hs, account.user_id, account.password, device)
+    inst.start()
+    st = inst.wait_state("logged_out", timeout=60)
+    assert "3 unsent outbox items kept" in (st["last_error"] or "")
+
+    digest = hashlib.sha256(account.user_id.encode()).hexdigest()[:16]
+    data = inst.data_home / "skiffyd"
+    new_dir = data / f"{digest}.new"
+    creds_file = data / f"credentials-{digest}.enc"
+    before = creds_file.stat().st_ino
+
+    def reached() -> bool:
+        if moment == "stash":
+            return new_dir.exists()
+        return creds_file.stat().st_ino != before  # replaced whole, atomically
+
+    login = subprocess.Popen(
+        [*inst.command, "login", "--homeserver", hs.base_url, "--user", account.user_id,
+         "--password-stdin"],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=inst.env, cwd=inst.root,
+    )  # fmt: skip
+    assert login.stdin is not None
+    login.stdin.write((account.password + "\n").encode())
+    login.stdin.close()
+    deadline = time.monotonic() + 60
+    while not reached():
+        assert time.monotonic() < deadline, f"the login never reached {moment}"
+        assert login.poll() is None, "the login finished before the moment"
+        time.sleep(0.0005)
+    inst.kill9()
+    login.wait(timeout=30)
+    assert os.path.exists(creds_file)
+
+    st = inst.start()
+    if st["state"] != "connecting":
+        # The pointer was not written yet: nothing resumes; log in again.
+        assert st["state"] == "logged_out", st
+        inst.login(hs.base_url, account.user_id, account.password)
+    inst.wait_state("ready", timeout=60)
+    items = wait_for(
+        lambda: (lambda o: o if len(o) == 3 else None)(inst.outbox()),
+        timeout=60,
+        what="the carried items in the outbox",
+        describe=inst.log_tail,
+    )
+    assert [i["txn_id"] for i in items] == txns
+    assert items[0]["state"] == "failed"
+    inst.cli_ok("outbox", "retry", txns[0])
+    seen = [m.body for m in peer.wait_for_bodies(room_id, bodies, timeout=60)]
+    assert [b for b in seen if b in bodies] == bodies  # each once, in order
+    wait_for(lambda: inst.outbox() == [], timeout=30, what="the outbox to drain")
+    again = [m.body for m in peer.messages(room_id)]
+    assert [b for b in again if b in bodies] == bodies
