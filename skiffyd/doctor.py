@@ -74,6 +74,7 @@ __all__ = [
     "check_credentials",
     "check_daemon",
     "check_homeserver",
+    "check_kept_outbox",
     "check_runtime_dir",
     "check_service",
     "check_sockets",
@@ -389,6 +390,31 @@ def _kept_outbox(paths: Paths) -> tuple[str, int] | None:
         return None
 
 
+def _kept_fix(user_id: str, *, other_logged_in: bool = False) -> str:
+    first = "`skiffyd logout`, then " if other_logged_in else ""
+    return (
+        f"to send them, {first}log in as {user_id} (`skiffyd login`); to drop them, "
+        f"`skiffyd forget-account {user_id} --discard-outbox`"
+    )
+
+
+def check_kept_outbox(paths: Paths, logged_in: str | None) -> Check | None:
+    """A revoked session's kept outbox of an account other than ``logged_in``
+    (the account the pointer names), or None. With no account logged in,
+    :func:`check_account` says it instead."""
+    kept = _kept_outbox(paths)
+    if logged_in is None or kept is None or kept[0] == logged_in:
+        return None
+    user_id, items = kept
+    return Check(
+        "kept outbox",
+        "warn",
+        f"the revoked session of {user_id} left {items} unsent message"
+        f"{'s' if items != 1 else ''} for that account's next login",
+        _kept_fix(user_id, other_logged_in=True),
+    )
+
+
 def check_account(
     paths: Paths,
     status: wire.StatusResult | None = None,
@@ -420,7 +446,7 @@ def check_account(
                 f"; the revoked session of {kept[0]} left {kept[1]} unsent message"
                 f"{'s' if kept[1] != 1 else ''} for its next login"
             )
-            fix = f"log in as {kept[0]} to send them (`skiffyd login`)"
+            fix = _kept_fix(kept[0])
         return Check("account", "warn", detail, fix), None
     account = Account(user_id)
     if in_file:
@@ -874,6 +900,9 @@ def run_checks(
     else:
         account_check, account = check_account(paths, status, settings=settings, readable=readable)
         checks.append(account_check)
+        kept_check = check_kept_outbox(paths, account.user_id if account is not None else None)
+        if kept_check is not None:
+            checks.append(kept_check)
     creds = account.credentials if account is not None else None
 
     if account is None:

@@ -526,7 +526,7 @@ def test_account_check(secret_service: SecretService, tmp_path: Path) -> None:
         from pathlib import Path
         from skiffyd import credentials
         from skiffyd.config import Paths
-        from skiffyd.doctor import check_account
+        from skiffyd.doctor import check_account, check_kept_outbox
         root = Path({str(root)!r})
         paths = Paths(root / "c", root / "d", root / "s", root / "r")
         out = {{}}
@@ -534,7 +534,11 @@ def test_account_check(secret_service: SecretService, tmp_path: Path) -> None:
         paths.state_dir.mkdir(parents=True)
         paths.kept_outbox_note.write_text(json.dumps({{"user_id": {user!r}, "items": 2}}))
         out["kept"] = check_account(paths)[0].to_json()
+        out["kept_other"] = check_kept_outbox(paths, "@someone-else:example").to_json()
+        out["kept_same"] = check_kept_outbox(paths, {user!r})
+        out["kept_none"] = check_kept_outbox(paths, None)
         paths.kept_outbox_note.unlink()
+        out["no_note"] = check_kept_outbox(paths, "@someone-else:example")
         paths.account_pointer.write_text({user!r} + "\\n")
         out["no_item"] = check_account(paths)[0].to_json()
         creds = msgspec.json.decode({msgspec.json.encode(creds).decode()!r}, type=credentials.Credentials)
@@ -554,7 +558,14 @@ def test_account_check(secret_service: SecretService, tmp_path: Path) -> None:
     assert "skiffyd login" in out["none"]["fix"]
     assert out["kept"]["status"] == "warn"
     assert f"the revoked session of {user} left 2 unsent messages" in out["kept"]["detail"]
-    assert user in out["kept"]["fix"]
+    assert f"skiffyd forget-account {user} --discard-outbox" in out["kept"]["fix"]
+    # Another account logged in: a check of its own says so.
+    assert out["kept_other"]["status"] == "warn"
+    assert f"the revoked session of {user} left 2 unsent messages" in out["kept_other"]["detail"]
+    assert "`skiffyd logout`, then log in as" in out["kept_other"]["fix"]
+    assert out["kept_same"] is None
+    assert out["kept_none"] is None
+    assert out["no_note"] is None
     assert out["no_item"]["status"] == "fail"
     assert "no item" in out["no_item"]["detail"]
     assert out["ok"]["status"] == "pass", out["ok"]
