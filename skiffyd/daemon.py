@@ -859,11 +859,16 @@ class Daemon:
         try:
             await trio.to_thread.run_sync(self._write_pointer, creds.user_id)
             await self._start_session(creds)  # finishes the swap first
-        except SkiffyError as exc:
+        except (SkiffyError, OSError) as exc:
             # The credentials are stored: as when a start cannot resume them,
-            # the state says why (and the next start tries again).
-            log.error("session.start_failed", code=exc.code)
-            self.set_state("logged_out", exc.message)
+            # the state says why (the next start, or login, tries again).
+            if isinstance(exc, SkiffyError):
+                code, message = exc.code, exc.message
+            else:
+                code = type(exc).__name__
+                message = f"the session could not start ({exc.strerror or code}): log in again"
+            log.error("session.start_failed", code=code)
+            self.set_state("logged_out", message)
             raise
         kept = await trio.to_thread.run_sync(self._read_kept_note)
         if kept is not None and kept[0] == creds.user_id:

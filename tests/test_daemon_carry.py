@@ -194,6 +194,17 @@ async def test_a_login_whose_session_cannot_start_says_why(
         "cannot open the cache file: IOError",
     )
 
+    # Nor when the account pointer cannot be written (a full disk).
+    def no_space(user_id: str | None) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(daemon, "_write_pointer", no_space)
+    daemon.set_state("logged_out")
+    with pytest.raises(OSError, match="No space"):
+        await daemon._login_with("http://127.0.0.1:1", _accepted)
+    assert daemon.state == "logged_out"
+    assert "No space left on device" in (daemon.last_error or "")
+
 
 async def test_forget_account_counts_the_kept_outbox_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
