@@ -1,5 +1,6 @@
-"""The daemon's side of carrying an outbox over at login: finishing (or
-undoing) the swap of the new cache into the account directory after a crash."""
+"""The daemon's side of carrying an outbox over at login (finishing or
+undoing the swap of the new cache into the account directory after a
+crash), of a login it cannot keep, and of forgetting an account."""
 
 from __future__ import annotations
 
@@ -42,6 +43,19 @@ async def _accepted(transport: Transport) -> LoginResponse:
     from skiffyd.core.wire import LoginResponse
 
     return LoginResponse(user_id=ME, access_token="new", device_id="NEW")
+
+
+def _cache_with_queued(path: Path, key: str, count: int) -> None:
+    """An ended session's cache at ``path``: ``count`` messages queued in a
+    joined room (txn ids t1, t2, ...)."""
+    from skiffyd.core.sync import RoomSync, SyncPlan
+    from tests.cache.test_store import _send
+
+    cache = Cache.open(path, key, ME)
+    cache.apply_sync(SyncPlan(next_batch="s", rooms=[RoomSync("!a:x", {"membership": "join"})]))
+    for n in range(1, count + 1):
+        _send(cache, f"queued when the session ended, {n}", f"t{n}", "!a:x")
+    cache.close()
 
 
 def _cache_with(path: Path, key: str, marker: str) -> None:
@@ -134,17 +148,11 @@ async def test_a_login_whose_credentials_cannot_be_saved_keeps_what_was_kept(
     cache beside the old one, then the store failed to save the new key: the
     new cache goes, the old one (and the record holding its key) stays for the
     next login, and the daemon is in the state it was."""
-    from skiffyd.core.sync import RoomSync, SyncPlan
-    from tests.cache.test_store import _send
-
     daemon = Daemon(short_paths(tmp_path))
     daemon.set_state("logged_out", "kept")
     old_key = secrets.token_hex(32)
     account = daemon.paths.account_dir(ME)
-    old = Cache.open(account / "cache.db", old_key, ME)
-    old.apply_sync(SyncPlan(next_batch="s", rooms=[RoomSync("!a:x", {"membership": "join"})]))
-    _send(old, "queued when the session ended", "t1", "!a:x")
-    old.close()
+    _cache_with_queued(account / "cache.db", old_key, 1)
     monkeypatch.setattr(credentials, "load", lambda user_id: _creds(old_key))
     stashed: list[bool] = []
 
@@ -214,18 +222,12 @@ async def test_forget_account_counts_the_kept_outbox_first(
     caller discards it; then the cache, the credentials record and the note
     go, and status no longer speaks of them."""
     from ipc_schema import ErrorCode, ForgetAccount
-    from skiffyd.core.sync import RoomSync, SyncPlan
     from skiffyd.errors import SkiffyError
-    from tests.cache.test_store import _send
 
     daemon = Daemon(short_paths(tmp_path))
     key = secrets.token_hex(32)
     account = daemon.paths.account_dir(ME)
-    old = Cache.open(account / "cache.db", key, ME)
-    old.apply_sync(SyncPlan(next_batch="s", rooms=[RoomSync("!a:x", {"membership": "join"})]))
-    _send(old, "queued when the session ended", "t1", "!a:x")
-    _send(old, "and another", "t2", "!a:x")
-    old.close()
+    _cache_with_queued(account / "cache.db", key, 2)
     daemon._write_kept_note(ME, 2)
     daemon.set_state("logged_out", "2 unsent outbox items kept")
     store = {ME: _creds(key)}
@@ -276,17 +278,10 @@ def test_a_login_that_crashed_before_its_pointer_is_carried_over_by_the_next(
     so the swap is not finished there. The next login finds the stored key
     (the crashed login's) and the new cache beside the old directory: it
     finishes the swap, and what the stash held is carried over again."""
-    from skiffyd.core.sync import RoomSync, SyncPlan
-    from tests.cache.test_store import _send
-
     daemon = Daemon(short_paths(tmp_path))
     old_key, crashed_key = secrets.token_hex(32), secrets.token_hex(32)
     account = daemon.paths.account_dir(ME)
-    old = Cache.open(account / "cache.db", old_key, ME)
-    old.apply_sync(SyncPlan(next_batch="s", rooms=[RoomSync("!a:x", {"membership": "join"})]))
-    _send(old, "queued when the session ended", "t1", "!a:x")
-    _send(old, "and another", "t2", "!a:x")
-    old.close()
+    _cache_with_queued(account / "cache.db", old_key, 2)
     reader = CacheReader.open(account / "cache.db", old_key)
     carried = reader.carry_out()
     reader.close()

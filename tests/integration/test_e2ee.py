@@ -28,7 +28,7 @@ from tests.integration.test_commands import (
     until,
     wait_outbox_empty,
 )
-from tests.integration.test_session import delete_device
+from tests.integration.test_session import queue_then_revoke
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -473,13 +473,8 @@ def test_a_revoked_sessions_queue_goes_out_encrypted_from_the_next_device(
     peer = make_peer(hs=hs, encrypted=True)
     room_id = encrypted_room(Ready(daemon=inst, account=account, synapse=hs, peer=peer), peer)
 
-    hs.stop()
-    inst.wait_state("offline", "connecting", timeout=60)
     bodies = [unique(f"carried-{i}") for i in range(3)]
-    txns = [inst.send(room_id, body) for body in bodies]
-    inst.terminate()
-    hs.start()
-    delete_device(hs, account.user_id, account.password, device)
+    txns = queue_then_revoke(hs, inst, account, device, room_id, bodies)
     inst.start()
     inst.wait_state("logged_out", timeout=60)
 

@@ -198,7 +198,10 @@ def test_a_login_killed_while_it_carries_an_outbox_over_loses_nothing(
     import subprocess
     import time
 
-    from tests.integration.test_session import delete_device
+    from tests.integration.test_session import (
+        queue_then_revoke,
+        retry_first_then_each_arrives_once,
+    )
 
     hs, inst = own_synapse, headless
     account = hs.register_account(f"crash-{secrets.token_hex(3)}", secrets.token_urlsafe(18))
@@ -207,13 +210,8 @@ def test_a_login_killed_while_it_carries_an_outbox_over_loses_nothing(
     peer = make_peer(hs=hs)
     room_id = peer.create_room("Crash carry", None, invite=[account.user_id])
     inst.join_invited(room_id)
-    hs.stop()
-    inst.wait_state("offline", "connecting", timeout=60)
     bodies = [f"crash-{moment}-{secrets.token_hex(3)}-{n}" for n in range(3)]
-    txns = [inst.send(room_id, body) for body in bodies]
-    inst.terminate()
-    hs.start()
-    delete_device(hs, account.user_id, account.password, device)
+    txns = queue_then_revoke(hs, inst, account, device, room_id, bodies)
     inst.start()
     st = inst.wait_state("logged_out", timeout=60)
     assert "3 unsent outbox items kept" in (st["last_error"] or "")
@@ -261,9 +259,4 @@ def test_a_login_killed_while_it_carries_an_outbox_over_loses_nothing(
     )
     assert [i["txn_id"] for i in items] == txns
     assert items[0]["state"] == "failed"
-    inst.cli_ok("outbox", "retry", txns[0])
-    seen = [m.body for m in peer.wait_for_bodies(room_id, bodies, timeout=60)]
-    assert [b for b in seen if b in bodies] == bodies  # each once, in order
-    wait_for(lambda: inst.outbox() == [], timeout=30, what="the outbox to drain")
-    again = [m.body for m in peer.messages(room_id)]
-    assert [b for b in again if b in bodies] == bodies
+    retry_first_then_each_arrives_once(inst, peer, room_id, bodies, txns)

@@ -6,7 +6,7 @@ import json
 import secrets
 import subprocess
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -141,6 +141,35 @@ def delete_device(hs: Synapse, user_id: str, password: str, device: str) -> None
         other.close()
 
 
+def queue_then_revoke(
+    hs: Synapse, inst: SkiffyInstance, account: Any, device: str, room_id: str, bodies: list[str]
+) -> list[str]:
+    """Queue ``bodies`` in ``room_id`` while the homeserver is down, stop the
+    daemon, and log its ``device`` out from another login: the next start
+    finds a revoked session with those messages kept. Their txn ids."""
+    hs.stop()
+    inst.wait_state("offline", "connecting", timeout=60)
+    txns = [inst.send(room_id, body) for body in bodies]
+    assert inst.status()["pending_outbox"] == len(bodies)
+    inst.terminate()
+    hs.start()
+    delete_device(hs, account.user_id, account.password, device)
+    return txns
+
+
+def retry_first_then_each_arrives_once(
+    inst: SkiffyInstance, peer: Peer, room_id: str, bodies: list[str], txns: list[str]
+) -> None:
+    """Retry the carried item in doubt (the first); then the peer sees every
+    one of ``bodies`` exactly once, in order, and the outbox drains."""
+    inst.cli_ok("outbox", "retry", txns[0])
+    seen = [m.body for m in peer.wait_for_bodies(room_id, bodies, timeout=60)]
+    assert [b for b in seen if b in bodies] == bodies  # each once, in order
+    wait_for(lambda: inst.outbox() == [], timeout=30, what="the outbox to drain")
+    again = [m.body for m in peer.messages(room_id)]
+    assert [b for b in again if b in bodies] == bodies
+
+
 def skiffyd_devices(synapse: Synapse, user_id: str, password: str) -> set[str]:
     """The account's devices named as skiffyd names its own, as the
     homeserver lists them (seen from another login of the account)."""
@@ -175,15 +204,9 @@ def test_a_revoked_sessions_outbox_is_carried_into_the_next_login(
     room_id = peer.create_room("Carry", None, invite=[account.user_id])
     inst.join_invited(room_id)
 
-    hs.stop()
-    inst.wait_state("offline", "connecting", timeout=60)
     tag = secrets.token_hex(3)
     bodies = [f"carried-{tag}-{n}" for n in range(3)]
-    txns = [inst.send(room_id, body) for body in bodies]
-    assert inst.status()["pending_outbox"] == 3
-    inst.terminate()
-    hs.start()
-    delete_device(hs, account.user_id, account.password, device)
+    txns = queue_then_revoke(hs, inst, account, device, room_id, bodies)
 
     # The stored session is refused: logged out, the outbox kept.
     inst.start()
@@ -235,12 +258,7 @@ def test_a_revoked_sessions_outbox_is_carried_into_the_next_login(
         (bodies[2], "pending"),
     ]
 
-    inst.cli_ok("outbox", "retry", txns[0])
-    seen = [m.body for m in peer.wait_for_bodies(room_id, bodies, timeout=60)]
-    assert [b for b in seen if b in bodies] == bodies  # each once, in order
-    wait_for(lambda: inst.outbox() == [], timeout=30, what="the outbox to drain")
-    again = [m.body for m in peer.messages(room_id)]
-    assert [b for b in again if b in bodies] == bodies
+    retry_first_then_each_arrives_once(inst, peer, room_id, bodies, txns)
 
     # One more, queued offline: `logout --discard-outbox` is the way to drop it.
     hs.stop()
