@@ -67,6 +67,14 @@ class Paths:
     def account_pointer(self) -> Path:
         return self.state_dir / "account"
 
+    def read_account_pointer(self) -> str | None:
+        """The user id :attr:`account_pointer` names ("" if it is empty);
+        None if there is no pointer. Other OSErrors are raised."""
+        try:
+            return self.account_pointer.read_text().strip()
+        except FileNotFoundError:
+            return None
+
     @property
     def kept_outbox_note(self) -> Path:
         """Names the account whose revoked session left its outbox for the

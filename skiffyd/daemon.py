@@ -290,10 +290,8 @@ class Daemon:
         await self._stop_session()
 
     async def _resume(self) -> None:
-        pointer = self.paths.account_pointer
-        try:
-            user_id = pointer.read_text().strip()
-        except FileNotFoundError:
+        user_id = self.paths.read_account_pointer()
+        if user_id is None:
             kept = await trio.to_thread.run_sync(self._read_kept_note)
             if kept is not None:
                 self.set_state("logged_out", _kept_message(kept[1]) + " (`skiffyd login`)")
@@ -1118,11 +1116,7 @@ class Daemon:
                 if kept is not None and kept[0] == user_id:
                     found = named = True
                     self._write_kept_note(None, 0)
-                try:
-                    pointer = self.paths.account_pointer.read_text().strip()
-                except FileNotFoundError:
-                    pointer = ""
-                if pointer == user_id:
+                if self.paths.read_account_pointer() == user_id:
                     found = named = True
                     self._write_pointer(None)
                 return found, named

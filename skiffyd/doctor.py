@@ -433,9 +433,7 @@ def check_account(
     item = "credentials file" if in_file else "keyring item"
     pointer = paths.account_pointer
     try:
-        user_id = pointer.read_text().strip()
-    except FileNotFoundError:
-        user_id = ""
+        user_id = paths.read_account_pointer() or ""
     except OSError as exc:
         return Check("account", "fail", f"cannot read {pointer}: {exc.strerror}"), None
     if not user_id:
