@@ -12,7 +12,7 @@ import ipc_schema as wire
 from skiffyd.cache import Cache
 from skiffyd.cache.store import CacheReader, CacheReads, ReaderBusy
 from skiffyd.core.sync import RoomSync, SyncPlan
-from skiffyd.core.timeline import classify
+from skiffyd.core.timeline import TimelineItem, classify
 from skiffyd.core.wire import ClientEvent
 from skiffyd.daemon import INLINE_READ_ROWS, Daemon
 from skiffyd.errors import SkiffyError, UnknownRoomError
@@ -38,22 +38,26 @@ class _Reader:
         return self.inner.read(fn)
 
 
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[tuple[Daemon, Cache, CacheReader]]:
-    key = secrets.token_hex(32)
-    cache = Cache.open(tmp_path / "c.db", key, "@me:x")
+def _message(event_id: str, body: str = "one") -> TimelineItem:
     item = classify(
         ROOM,
         ClientEvent(
             type="m.room.message",
-            event_id="$1",
+            event_id=event_id,
             sender="@a:x",
             origin_server_ts=1,
-            content={"msgtype": "m.text", "body": "one"},
+            content={"msgtype": "m.text", "body": body},
         ),
     )
     assert item is not None
-    cache.apply_sync(SyncPlan(next_batch="s1", rooms=[RoomSync(ROOM, {}, items=[item])]))
+    return item
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[tuple[Daemon, Cache, CacheReader]]:
+    key = secrets.token_hex(32)
+    cache = Cache.open(tmp_path / "c.db", key, "@me:x")
+    cache.apply_sync(SyncPlan(next_batch="s1", rooms=[RoomSync(ROOM, {}, items=[_message("$1")])]))
     reader = CacheReader.open(tmp_path / "c.db", key)
     d = Daemon(short_paths(tmp_path))
     yield d, cache, reader
@@ -94,10 +98,18 @@ async def test_small_reads_are_answered_at_once_through_the_reader(
     assert isinstance(status, wire.StatusResult)
     assert (status.user_id, status.pending_outbox, status.last_seq) == ("@me:x", 0, 2)
     assert reader.reads == 2
+    # The same read again is the same answer; after a commit, the new one.
+    again = d.answer_now(wire.Messages(room_id=ROOM, limit=INLINE_READ_ROWS))
+    assert isinstance(again, wire.MessagesResult)
+    assert again.messages is answer.messages
+    cache.apply_sync(SyncPlan(next_batch="s2", rooms=[RoomSync(ROOM, {}, items=[_message("$2")])]))
+    after = d.answer_now(wire.Messages(room_id=ROOM, limit=INLINE_READ_ROWS))
+    assert isinstance(after, wire.MessagesResult)
+    assert [m.event_id for m in after.messages] == ["$1", "$2"]
     # Not small, not logged in, or a bad room: the usual way (or its error).
     assert d.answer_now(wire.Messages(room_id=ROOM, limit=INLINE_READ_ROWS + 1)) is None
     assert d.answer_now(wire.Rooms()) is None
-    assert reader.reads == 2
+    assert reader.reads == 4
     with pytest.raises(SkiffyError) as info:
         d.answer_now(wire.Messages(room_id="not-a-room", limit=5))
     assert info.value.code == wire.ErrorCode.IPC_INVALID_ARGUMENT

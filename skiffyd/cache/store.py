@@ -35,6 +35,7 @@ import gc
 import json
 import os
 import secrets
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,10 +88,18 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+#: A ``messages`` read: the rows, oldest first, and the gaps among them.
+MessagesAnswer = tuple[list[MessageInfo], list[GapInfo]]
+
 #: The page cache of the connection, in KiB.
 PAGE_CACHE_KIB = 8192
 #: The reader's page cache, in KiB (SQLite's default): it serves small reads.
 READER_PAGE_CACHE_KIB = 2048
+#: Messages the reader keeps of its recent ``messages`` answers, all answers
+#: together (see :meth:`CacheReader.messages`): a few rooms' worth of what a
+#: UI shows. Bodies are at most 64 KiB, so this is 25 MiB at the very worst
+#: and well under 1 MiB for chat.
+READER_ANSWER_ROWS = 400
 
 #: The page size of a new cache file (SQLite's default is 4 KiB). Each page
 #: is encrypted and authenticated on its own, with a fixed cost per page on
@@ -476,13 +485,13 @@ class CacheReads:
     def has_room(self, room_id: str) -> bool:
         return self._scalar("SELECT 1 FROM rooms WHERE room_id = ?", (room_id,)) is not None
 
-    def messages(self, room_id: str, limit: int) -> tuple[list[MessageInfo], list[GapInfo]]:
+    def messages(self, room_id: str, limit: int) -> MessagesAnswer:
         """The newest ``limit`` rows, oldest first, and the gaps among them."""
         with self._conn:  # one read transaction: the rows and gaps agree
             found = self._messages(room_id, limit)
         return found
 
-    def _messages(self, room_id: str, limit: int) -> tuple[list[MessageInfo], list[GapInfo]]:
+    def _messages(self, room_id: str, limit: int) -> MessagesAnswer:
         rows = self._all(
             f"SELECT {_MESSAGE_COLUMNS}, pos FROM messages WHERE room_id = ? "
             "ORDER BY pos DESC LIMIT ?",
@@ -2132,23 +2141,73 @@ class CacheReader(CacheReads):
     the thread. Used from one thread (the event loop's).
     """
 
-    def __init__(self, conn: apsw.Connection) -> None:
+    def __init__(self, conn: apsw.Connection, answer_rows: int = READER_ANSWER_ROWS) -> None:
         self._conn = conn
+        #: (room, limit) -> (data_version when read, the answer): see :meth:`messages`.
+        self._answers: OrderedDict[tuple[str, int], tuple[int, MessagesAnswer]] = OrderedDict()
+        self._answer_rows = 0
+        self._answer_rows_max = answer_rows
 
     @classmethod
     def open(
-        cls, path: Path, key_hex: str, keyings: tuple[tuple[str, ...], ...] = KEYINGS
+        cls,
+        path: Path,
+        key_hex: str,
+        keyings: tuple[tuple[str, ...], ...] = KEYINGS,
+        *,
+        answer_rows: int = READER_ANSWER_ROWS,
     ) -> CacheReader:
         """A reader on the cache at ``path``, keyed the first of ``keyings``
-        ways that decrypts it (see :meth:`Cache.open_reader`)."""
+        ways that decrypts it (see :meth:`Cache.open_reader`); it keeps
+        ``answer_rows`` messages of recent answers (0: none)."""
         conn, _ = _open_any(path, key_hex, keyings)
         conn.execute("PRAGMA query_only=ON")
         conn.execute(f"PRAGMA cache_size=-{READER_PAGE_CACHE_KIB}")
-        return cls(conn)
+        return cls(conn, answer_rows)
 
     def schema_version(self) -> int:
         """The cache's schema (``PRAGMA user_version``): its last migration."""
         return int(self._scalar("PRAGMA user_version") or 0)
+
+    def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version`` on this connection: it changes
+        whenever another connection (the writer) has committed to the file."""
+        return int(self._scalar("PRAGMA data_version"))
+
+    def messages(self, room_id: str, limit: int) -> MessagesAnswer:
+        """:meth:`CacheReads.messages`, reusing the answer of the same read
+        when nothing at all has been committed to the cache since.
+
+        Several UIs that each read a room after the event that tells them of
+        a change, or a UI that comes back to a room, then cost one read. The
+        check is :meth:`data_version`, taken *before* the read: a commit
+        that lands during the read changes it, so that answer is never
+        reused. Any commit makes every kept answer stale (a sync that only
+        moved a read marker too): simple, and it cannot serve a stale
+        answer. The answers are shared: callers must not change them.
+        """
+        key = (room_id, limit)
+        version = self.data_version()
+        kept = self._answers.get(key)
+        if kept is not None and kept[0] == version:
+            self._answers.move_to_end(key)
+            return kept[1]
+        answer = super().messages(room_id, limit)
+        self._keep(key, version, answer)
+        return answer
+
+    def _keep(self, key: tuple[str, int], version: int, answer: MessagesAnswer) -> None:
+        old = self._answers.pop(key, None)
+        if old is not None:
+            self._answer_rows -= len(old[1][0])
+        rows = len(answer[0])
+        if rows > self._answer_rows_max:
+            return
+        self._answers[key] = (version, answer)
+        self._answer_rows += rows
+        while self._answer_rows > self._answer_rows_max:
+            _, (_, dropped) = self._answers.popitem(last=False)
+            self._answer_rows -= len(dropped[0])
 
     def read(self, fn: Callable[[CacheReads], T]) -> T:
         """``fn(self)``. A read of more than one statement holds its own read

@@ -16,7 +16,12 @@ being measured:
                  reading the 5 newest of 60 messages from a real encrypted
                  cache file, as the daemon does a small read: answered at
                  once on the event loop (``Daemon.answer_now``), through the
-                 cache's reader.
+                 cache's reader. Nothing is written meanwhile, so after
+                 the first read the reader reuses its answer (it checks
+                 SQLite's ``data_version``, then answers from memory):
+                 the case of UIs reading a room nothing changed in.
+* ``cache-miss`` the same with the reader keeping no answers: every request
+                 reads SQLite, as the first read after any commit does.
 * ``cache+thread`` the same read in a task of its own, on the daemon's cache
                  thread (``trio.to_thread`` with a ``CapacityLimiter(1)``):
                  how every read went before, and how big reads still go.
@@ -173,7 +178,7 @@ def serve_cache(conn: Any, base: Path, variant: str) -> None:
     import trio
 
     import skiffyd.daemon
-    from skiffyd.cache import Cache
+    from skiffyd.cache import Cache, store
     from skiffyd.cache.store import CacheReader
     from skiffyd.core.sync import RoomSync, SyncPlan
     from skiffyd.core.timeline import classify
@@ -212,8 +217,9 @@ def serve_cache(conn: Any, base: Path, variant: str) -> None:
     if variant == "cache+thread":
         skiffyd.daemon.INLINE_READ_ROWS = 0  # answer_now declines: a task, the thread
     daemon = skiffyd.daemon.Daemon(paths)
+    keep = 0 if variant == "cache-miss" else store.READER_ANSWER_ROWS
     daemon.session = SimpleNamespace(  # type: ignore[assignment]
-        cache=cache, reader=CacheReader.open(path, key)
+        cache=cache, reader=CacheReader.open(path, key, answer_rows=keep)
     )
 
     # The daemon's own server: its handler and answer_now.
@@ -225,6 +231,7 @@ SERVERS: dict[str, Callable[..., None]] = {
     "ipc": serve_ipc,
     "ipc+task": serve_ipc,
     "cache": serve_cache,
+    "cache-miss": serve_cache,
     "cache+thread": serve_cache,
     "ipc+thread": serve_ipc,
     "contexts": serve_ipc,
@@ -419,7 +426,7 @@ def print_table(report: dict[str, Any]) -> None:
 
 def print_goal(report: dict[str, Any]) -> None:
     one = report["results"]["1 of 8 active"]
-    for name in ("cache/client", "ipc/client"):
+    for name in ("cache/client", "cache-miss/client", "ipc/client"):
         if name in one:
             p50 = one[name]["p50"]
             print(
@@ -437,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--kinds",
         nargs="+",
-        default=["echo", "ipc", "ipc+task", "cache", "cache+thread"],
+        default=["echo", "ipc", "ipc+task", "cache", "cache-miss", "cache+thread"],
         choices=sorted(SERVERS),
     )
     parser.add_argument("--json", type=Path, help="also write the results here")

@@ -139,6 +139,99 @@ def test_the_reader_sees_the_last_commit_while_a_sync_writes(
         cache.close()
 
 
+def _edit(event_id: str, target: str, body: str) -> TimelineItem:
+    return _item(
+        ClientEvent(
+            type="m.room.message",
+            event_id=event_id,
+            sender="@a:x",
+            origin_server_ts=2,
+            content={
+                "msgtype": "m.text",
+                "body": f"* {body}",
+                "m.new_content": {"msgtype": "m.text", "body": body},
+                "m.relates_to": {"rel_type": "m.replace", "event_id": target},
+            },
+        )
+    )
+
+
+def test_the_reader_reuses_an_answer_only_while_nothing_was_committed(
+    tmp_path: Path, key: str
+) -> None:
+    """The same read twice with no commit between: one read (the same
+    answer). Any commit, even one that changes a row in place (an edit), or
+    one that lands during the read, and the next read is a new one."""
+    cache = Cache.open(tmp_path / "c.db", key, ME)
+    reader = CacheReader.open(tmp_path / "c.db", key)
+    try:
+        cache.apply_sync(_plan("s1", _msg("$1", "one"), _msg("$2", "two")))
+        first = reader.read(lambda c: c.messages(ROOM, 10))
+        assert reader.read(lambda c: c.messages(ROOM, 10)) is first
+        assert reader.read(lambda c: c.messages(ROOM, 1)) is not first  # its own key
+
+        cache.apply_sync(_plan("s2", _edit("$3", "$1", "uno")))  # no new row
+        edited = reader.read(lambda c: c.messages(ROOM, 10))
+        assert [(m.body, m.edited) for m in edited[0]] == [("uno", True), ("two", False)]
+        assert [(m.body, m.edited) for m in first[0]] == [("one", False), ("two", False)]
+
+        # A commit during a read: that answer is not kept as current.
+        original = reader._messages
+
+        def commit_midway(room_id: str, limit: int) -> Any:
+            found = original(room_id, limit)
+            cache.apply_sync(_plan("s3", _msg("$4", "four")))
+            return found
+
+        reader._messages = commit_midway  # type: ignore[method-assign]
+        midway = reader.read(lambda c: c.messages(ROOM, 9))
+        reader._messages = original  # type: ignore[method-assign]
+        assert [m.body for m in midway[0]] == ["uno", "two"]
+        assert [m.body for m in reader.read(lambda c: c.messages(ROOM, 9))[0]] == [
+            "uno",
+            "two",
+            "four",
+        ]
+    finally:
+        reader.close()
+        cache.close()
+
+
+def test_the_readers_kept_answers_are_bounded_in_messages(tmp_path: Path, key: str) -> None:
+    cache = Cache.open(tmp_path / "c.db", key, ME)
+    reader = CacheReader.open(tmp_path / "c.db", key, answer_rows=4)
+    off = CacheReader.open(tmp_path / "c.db", key, answer_rows=0)
+    try:
+        cache.apply_sync(_plan("s1", *(_msg(f"${i}", str(i)) for i in range(5))))
+
+        def read(limit: int) -> Any:
+            return reader.read(lambda c: c.messages(ROOM, limit))
+
+        two = read(2)
+        three = read(3)  # 5 messages kept > 4: the oldest answer (`two`) goes
+        assert read(3) is three
+        assert read(2) is not two  # kept again; `three` goes (2 + 3 > 4)
+        assert read(3) is not three
+        three = read(3)
+        assert read(5) is not read(5)  # bigger than all: never kept...
+        assert read(3) is three  # ...and pushes nothing out
+        # The least recently used goes first: `one`, read again, stays.
+        one, two = read(1), read(2)
+        assert read(1) is one
+        read(3)  # 1 + 2 + 3 > 4: `two` goes
+        assert read(1) is one
+        assert read(2) is not two
+        assert sum(len(a[0]) for _, a in reader._answers.values()) <= 4
+        # answer_rows=0 keeps nothing: every read is one.
+        assert off.read(lambda c: c.messages(ROOM, 2)) is not off.read(
+            lambda c: c.messages(ROOM, 2)
+        )
+    finally:
+        off.close()
+        reader.close()
+        cache.close()
+
+
 def test_last_seq_counts_a_transaction_only_once_it_commits(
     cache: Cache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
