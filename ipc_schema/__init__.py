@@ -488,6 +488,13 @@ class HelloResult(msgspec.Struct, tag_field="type", tag="hello", kw_only=True):
     last_seq: int
 
 
+class KeptOutbox(msgspec.Struct, kw_only=True):
+    """Unsent messages a revoked session left for its account's next login."""
+
+    user_id: str
+    items: int
+
+
 class StatusResult(msgspec.Struct, tag_field="type", tag="status", kw_only=True):
     state: SessionState
     user_id: str | None = None
@@ -512,6 +519,9 @@ class StatusResult(msgspec.Struct, tag_field="type", tag="status", kw_only=True)
     #: The device's ed25519 fingerprint and whether its keys are on the server.
     device_fingerprint: str | None = None
     keys_uploaded: bool = False
+    #: A revoked session's unsent messages, kept for its account's next
+    #: login (that account may be another than ``user_id``); None if none.
+    kept_outbox: KeptOutbox | None = None
 
 
 class LoginResult(msgspec.Struct, tag_field="type", tag="login", kw_only=True):
@@ -892,6 +902,7 @@ __all__ = [
     "Invite",
     "Join",
     "JoinResult",
+    "KeptOutbox",
     "KeysExport",
     "KeysExportResult",
     "KeysImport",

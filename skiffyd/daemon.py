@@ -170,6 +170,8 @@ class Daemon:
         self._session_lock = trio.Lock()
         #: The account being resumed at start, until its session exists.
         self._resuming: str | None = None
+        #: What the kept-outbox note says, as last read or written (status).
+        self._kept: tuple[str, int] | None = None
         self._backfill_locks: dict[str, trio.Lock] = {}
         self._sso_flows: dict[str, sso.SsoFlow] = {}
         self.settings = Settings()
@@ -290,9 +292,9 @@ class Daemon:
         await self._stop_session()
 
     async def _resume(self) -> None:
+        kept = await trio.to_thread.run_sync(self._read_kept_note)
         user_id = self.paths.read_account_pointer()
         if user_id is None:
-            kept = await trio.to_thread.run_sync(self._read_kept_note)
             if kept is not None:
                 self.set_state("logged_out", _kept_message(kept[1]) + " (`skiffyd login`)")
             return
@@ -775,6 +777,9 @@ class Daemon:
             token_refreshes=s.tokens.refreshes if s else 0,
             device_fingerprint=s.crypto.fingerprint if s and s.crypto else None,
             keys_uploaded=bool(s and s.crypto_service and s.crypto_service.keys_uploaded),
+            kept_outbox=None
+            if self._kept is None
+            else wire.KeptOutbox(user_id=self._kept[0], items=self._kept[1]),
         )
 
     def _refuse_if_logged_in(self) -> None:
@@ -1023,13 +1028,15 @@ class Daemon:
     def _write_kept_note(self, user_id: str | None, items: int) -> None:
         text = None if user_id is None else json.dumps({"user_id": user_id, "items": items})
         self._write_state_file(self.paths.kept_outbox_note, text)
+        self._kept = None if user_id is None else (user_id, items)
 
     def _read_kept_note(self) -> tuple[str, int] | None:
         try:
-            return self.paths.read_kept_outbox()
+            self._kept = self.paths.read_kept_outbox()
         except ValueError:
             log.warning("daemon.kept_outbox_note_unreadable")
-            return None
+            self._kept = None
+        return self._kept
 
     def _write_pointer(self, user_id: str | None) -> None:
         self._write_state_file(self.paths.account_pointer, user_id)

@@ -207,6 +207,12 @@ def status(as_json: JsonOpt = False) -> None:
     if result.user_id:
         print(f"account:   {result.user_id} on {result.homeserver} (device {result.device_id})")
     print(f"outbox:    {result.pending_outbox} pending")
+    kept = result.kept_outbox
+    if kept is not None and kept.user_id != result.user_id:
+        print(
+            f"kept:      {kept.items} unsent of {kept.user_id}, for its next login "
+            f"(or `skiffyd forget-account {kept.user_id} --discard-outbox`)"
+        )
     if result.last_error:
         print(f"problem:   {result.last_error}")
 

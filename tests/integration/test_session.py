@@ -227,14 +227,27 @@ def test_a_revoked_sessions_outbox_is_carried_into_the_next_login(
     )
     assert st["state"] == "logged_out"
     assert "3 unsent outbox items kept: the account's next login sends them" in st["last_error"]
+    kept = {"user_id": account.user_id, "items": 3}
+    assert st["kept_outbox"] == kept
     # Forgetting the account would lose them: refused (read with the kept key).
     r = inst.cli("forget-account", account.user_id)
     assert error_code(r, "forget-account with a kept outbox") == "SKIFFY_OUTBOX_NOT_EMPTY"
     assert note.exists()
+    # Another account in between: status keeps saying whose messages wait,
+    # and that account's login and logout leave them alone.
+    other = hs.register_account(f"between-{secrets.token_hex(3)}", secrets.token_urlsafe(18))
+    assert inst.login_ready(hs.base_url, other.user_id, other.password)["kept_outbox"] == kept
+    shown = inst.cli_ok("status")
+    assert f"kept:      3 unsent of {account.user_id}, for its next login" in shown
+    inst.cli_ok("logout")
+    assert inst.status()["kept_outbox"] == kept
+    assert json.loads(note.read_text()) == kept
 
     new_device = inst.login_ready(hs.base_url, account.user_id, account.password)["device_id"]
     assert new_device != device
     assert not note.exists()
+    assert inst.status()["kept_outbox"] is None
+    assert "kept:" not in inst.cli_ok("status")
     items = wait_for(
         lambda: (lambda o: o if len(o) == 3 else None)(inst.outbox()),
         timeout=60,
