@@ -6,6 +6,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 import apsw
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -140,20 +141,9 @@ def test_the_reader_sees_the_last_commit_while_a_sync_writes(
 
 
 def _edit(event_id: str, target: str, body: str) -> TimelineItem:
-    return _item(
-        ClientEvent(
-            type="m.room.message",
-            event_id=event_id,
-            sender="@a:x",
-            origin_server_ts=2,
-            content={
-                "msgtype": "m.text",
-                "body": f"* {body}",
-                "m.new_content": {"msgtype": "m.text", "body": body},
-                "m.relates_to": {"rel_type": "m.replace", "event_id": target},
-            },
-        )
-    )
+    from tests.cache.test_fidelity import edit
+
+    return _item(msgspec.convert(edit(event_id, target, body), ClientEvent))
 
 
 def test_the_reader_reuses_an_answer_only_while_nothing_was_committed(
