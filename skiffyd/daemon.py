@@ -1033,7 +1033,8 @@ class Daemon:
     def _read_kept_note(self) -> tuple[str, int] | None:
         try:
             self._kept = self.paths.read_kept_outbox()
-        except ValueError:
+        except (ValueError, OSError):
+            # Only a note: the kept cache itself is what carries the items.
             log.warning("daemon.kept_outbox_note_unreadable")
             self._kept = None
         return self._kept

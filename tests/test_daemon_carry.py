@@ -234,6 +234,12 @@ async def test_status_names_a_kept_outbox_after_a_restart_whoever_is_logged_in(
         assert _kept_in_status(daemon) is None  # not read yet
         await daemon._resume()
         assert _kept_in_status(daemon) == KeptOutbox(user_id=ME, items=3)
+    # A note that cannot be read is only a warning: the start goes on.
+    note = daemon.paths.kept_outbox_note
+    note.unlink()
+    note.mkdir()
+    await daemon._resume()
+    assert _kept_in_status(daemon) is None
 
 
 async def test_forget_account_counts_the_kept_outbox_first(
