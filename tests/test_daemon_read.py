@@ -12,10 +12,9 @@ import ipc_schema as wire
 from skiffyd.cache import Cache
 from skiffyd.cache.store import CacheReader, CacheReads, ReaderBusy
 from skiffyd.core.sync import RoomSync, SyncPlan
-from skiffyd.core.timeline import TimelineItem, classify
-from skiffyd.core.wire import ClientEvent
 from skiffyd.daemon import INLINE_READ_ROWS, Daemon
 from skiffyd.errors import SkiffyError, UnknownRoomError
+from tests.cache.test_store import _msg
 from tests.ipc.conftest import short_paths
 
 if TYPE_CHECKING:
@@ -38,26 +37,13 @@ class _Reader:
         return self.inner.read(fn)
 
 
-def _message(event_id: str, body: str = "one") -> TimelineItem:
-    item = classify(
-        ROOM,
-        ClientEvent(
-            type="m.room.message",
-            event_id=event_id,
-            sender="@a:x",
-            origin_server_ts=1,
-            content={"msgtype": "m.text", "body": body},
-        ),
-    )
-    assert item is not None
-    return item
-
-
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[tuple[Daemon, Cache, CacheReader]]:
     key = secrets.token_hex(32)
     cache = Cache.open(tmp_path / "c.db", key, "@me:x")
-    cache.apply_sync(SyncPlan(next_batch="s1", rooms=[RoomSync(ROOM, {}, items=[_message("$1")])]))
+    cache.apply_sync(
+        SyncPlan(next_batch="s1", rooms=[RoomSync(ROOM, {}, items=[_msg("$1", "one")])])
+    )
     reader = CacheReader.open(tmp_path / "c.db", key)
     d = Daemon(short_paths(tmp_path))
     yield d, cache, reader
@@ -102,7 +88,9 @@ async def test_small_reads_are_answered_at_once_through_the_reader(
     again = d.answer_now(wire.Messages(room_id=ROOM, limit=INLINE_READ_ROWS))
     assert isinstance(again, wire.MessagesResult)
     assert again.messages is answer.messages
-    cache.apply_sync(SyncPlan(next_batch="s2", rooms=[RoomSync(ROOM, {}, items=[_message("$2")])]))
+    cache.apply_sync(
+        SyncPlan(next_batch="s2", rooms=[RoomSync(ROOM, {}, items=[_msg("$2", "two")])])
+    )
     after = d.answer_now(wire.Messages(room_id=ROOM, limit=INLINE_READ_ROWS))
     assert isinstance(after, wire.MessagesResult)
     assert [m.event_id for m in after.messages] == ["$1", "$2"]
