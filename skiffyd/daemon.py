@@ -184,8 +184,26 @@ class Daemon:
     # ------------------------------------------------------------ plumbing
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a blocking cache call on the one cache thread."""
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        """Run a blocking cache call on the one cache thread.
+
+        If the call writes, the cache thread then makes again the answers
+        UIs read last (:meth:`CacheReader.watched`), and the reader keeps
+        them as current (:meth:`CacheReader.adopt`) before this returns: a
+        UI that reads a room after the event telling it of the change (the
+        events go out after this returns) gets its answer from memory.
+        That is right only if nothing commits between the write and the
+        adoption: the limiter is held across both, and every write to the
+        cache goes through here.
+        """
+        s = self.session
+        keys = s.reader.watched() if s is not None else []
+        if not keys or s is None:
+            return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        async with self._limiter:
+            result, answers = await trio.to_thread.run_sync(s.cache.run_then_answer, fn, args, keys)
+            if answers:
+                s.reader.adopt(answers)
+        return result
 
     def publish(self, events: Sequence[wire.Event]) -> None:
         if events:

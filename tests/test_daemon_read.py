@@ -10,7 +10,13 @@ import pytest
 
 import ipc_schema as wire
 from skiffyd.cache import Cache
-from skiffyd.cache.store import CacheReader, CacheReads, ReaderBusy
+from skiffyd.cache.store import (
+    AnswerKey,
+    CacheReader,
+    CacheReads,
+    MessagesAnswer,
+    ReaderBusy,
+)
 from skiffyd.core.sync import RoomSync, SyncPlan
 from skiffyd.daemon import INLINE_READ_ROWS, Daemon
 from skiffyd.errors import SkiffyError, UnknownRoomError
@@ -35,6 +41,12 @@ class _Reader:
         if self.busy:
             raise ReaderBusy
         return self.inner.read(fn)
+
+    def watched(self) -> list[AnswerKey]:
+        return self.inner.watched()
+
+    def adopt(self, answers: dict[AnswerKey, MessagesAnswer]) -> None:
+        self.inner.adopt(answers)
 
 
 @pytest.fixture
@@ -120,3 +132,62 @@ async def test_a_busy_reader_sends_the_command_the_usual_way(
     answer = await d.handle(wire.Messages(room_id=ROOM, limit=5))
     assert isinstance(answer, wire.MessagesResult)
     assert [m.body for m in answer.messages] == ["one"]
+
+
+async def test_a_write_through_db_leaves_the_rooms_uis_read_answered_from_memory(
+    daemon: tuple[Daemon, Cache, CacheReader], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Daemon.db: after a write, what UIs read last is made again on the
+    cache thread and kept as current, so the read after the event that
+    tells a UI of the change does not touch SQLite; a read-only call, or a
+    write with nothing read yet, makes nothing."""
+    d, cache, real = daemon
+    d.session = _session(cache, real)
+    sqlite_reads: list[tuple[str, int]] = []
+    read_rows = real._messages
+
+    def counting(room_id: str, limit: int) -> Any:
+        sqlite_reads.append((room_id, limit))
+        return read_rows(room_id, limit)
+
+    monkeypatch.setattr(real, "_messages", counting)
+    made: list[list[Any]] = []
+    run_then_answer = cache.run_then_answer
+
+    def spy(fn: Any, args: Any, keys: list[Any]) -> Any:
+        made.append(keys)
+        return run_then_answer(fn, args, keys)
+
+    monkeypatch.setattr(cache, "run_then_answer", spy)
+
+    def bodies() -> list[str]:
+        answer = d.answer_now(wire.Messages(room_id=ROOM, limit=5))
+        assert isinstance(answer, wire.MessagesResult)
+        return [m.body for m in answer.messages]
+
+    # Nothing read yet: a write makes nothing.
+    await d.db(cache.apply_sync, SyncPlan(next_batch="s2", rooms=[RoomSync(ROOM, {}, items=[])]))
+    assert made == []
+    assert bodies() == ["one"]
+    assert sqlite_reads == [(ROOM, 5)]
+
+    events = await d.db(
+        cache.apply_sync,
+        SyncPlan(next_batch="s3", rooms=[RoomSync(ROOM, {}, items=[_msg("$2", "two")])]),
+    )
+    assert [type(e) for e in events] == [wire.MessageAdded]
+    assert made == [[(ROOM, 5)]]
+    assert bodies() == ["one", "two"]
+    assert sqlite_reads == [(ROOM, 5)]  # the answer was made on the cache thread
+
+    assert await d.db(cache.next_batch) == "s3"  # reads only: nothing made, nothing stale
+    assert bodies() == ["one", "two"]
+    assert sqlite_reads == [(ROOM, 5)]
+
+    # A commit that did not go through db (not the daemon's way: here to
+    # show the guard) is still seen: the reader reads.
+    cache.apply_sync(
+        SyncPlan(next_batch="s4", rooms=[RoomSync(ROOM, {}, items=[_msg("$3", "three")])])
+    )
+    assert bodies() == ["one", "two", "three"]
+    assert sqlite_reads == [(ROOM, 5), (ROOM, 5)]

@@ -35,6 +35,7 @@ import gc
 import json
 import os
 import secrets
+import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -84,12 +85,14 @@ from skiffyd.core.wire import ClientEvent, UnsignedData
 from skiffyd.errors import CacheError, CacheWrongKeyError, OutboxError, UnknownRoomError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
 T = TypeVar("T")
 
 #: A ``messages`` read: the rows, oldest first, and the gaps among them.
 MessagesAnswer = tuple[list[MessageInfo], list[GapInfo]]
+#: What a ``messages`` answer is kept under: (room id, limit).
+AnswerKey = tuple[str, int]
 
 #: The page cache of the connection, in KiB.
 PAGE_CACHE_KIB = 8192
@@ -100,6 +103,15 @@ READER_PAGE_CACHE_KIB = 2048
 #: UI shows. Bodies are at most 64 KiB, so this is 25 MiB at the very worst
 #: and well under 1 MiB for chat.
 READER_ANSWER_ROWS = 400
+#: After a write, the daemon reads again on the cache thread, at once, the
+#: most recently used of the reader's kept answers, at most this many, so a
+#: UI told of the change by an event finds the new answer already made
+#: (:meth:`Cache.run_then_answer`, :meth:`CacheReader.adopt`): one per UI
+#: looking at a room, for a handful of UIs.
+REFRESH_ANSWERS = 8
+#: ... and only those a UI asked for within this many seconds: a room nobody
+#: has looked at for that long is not read again at every sync.
+REFRESH_WINDOW_S = 600.0
 
 #: The page size of a new cache file (SQLite's default is 4 KiB). Each page
 #: is encrypted and authenticated on its own, with a fixed cost per page on
@@ -590,6 +602,34 @@ class Cache(CacheReads):
 
     def close(self) -> None:
         self._conn.close()
+
+    def run_then_answer(
+        self, fn: Callable[..., T], args: tuple[Any, ...], keys: Sequence[AnswerKey]
+    ) -> tuple[T, dict[AnswerKey, MessagesAnswer]]:
+        """``fn(*args)``, then, if it changed any row through this
+        connection, the ``messages`` answers for ``keys`` (room, limit) as
+        they are now: on the cache thread, from pages the write just
+        touched. A room no longer in the cache is left out. A failing
+        ``fn`` raises as usual; if this connection is closed or SQLite
+        fails (``fn`` was :meth:`close`), no answers.
+
+        ``total_changes`` counts every row an INSERT, UPDATE or DELETE of
+        this connection changed (rolled back ones too): a call that changed
+        none wrote nothing these answers show.
+        """
+        before = self._conn.total_changes()
+        result = fn(*args)
+        answers: dict[AnswerKey, MessagesAnswer] = {}
+        try:
+            if keys and self._conn.total_changes() != before:
+                for key in keys:
+                    try:
+                        answers[key] = self.messages(*key)
+                    except UnknownRoomError:
+                        continue
+        except apsw.Error:
+            return result, {}
+        return result, answers
 
     def open_reader(self, key_hex: str) -> CacheReader:
         """A :class:`CacheReader` on this cache's file, keyed as this one is
@@ -2143,8 +2183,11 @@ class CacheReader(CacheReads):
 
     def __init__(self, conn: apsw.Connection, answer_rows: int = READER_ANSWER_ROWS) -> None:
         self._conn = conn
-        #: (room, limit) -> (data_version when read, the answer): see :meth:`messages`.
-        self._answers: OrderedDict[tuple[str, int], tuple[int, MessagesAnswer]] = OrderedDict()
+        #: (room, limit) -> (data_version when read, the answer, when a
+        #: caller last asked for it): see :meth:`messages`; least recently
+        #: asked for first.
+        self._answers: OrderedDict[AnswerKey, tuple[int, MessagesAnswer, float]] = OrderedDict()
+        #: Messages in the kept answers, all together; at most this:
         self._answer_rows = 0
         self._answer_rows_max = answer_rows
 
@@ -2184,29 +2227,75 @@ class CacheReader(CacheReads):
         that lands during the read changes it, so that answer is never
         reused. Any commit makes every kept answer stale (a sync that only
         moved a read marker too): simple, and it cannot serve a stale
-        answer. The answers are shared: callers must not change them.
+        answer; the daemon makes the answers asked for last again right
+        after its writes (:meth:`adopt`). The answers are shared: callers
+        must not change them.
         """
         key = (room_id, limit)
         version = self.data_version()
+        now = time.monotonic()
         kept = self._answers.get(key)
         if kept is not None and kept[0] == version:
+            self._answers[key] = (version, kept[1], now)
             self._answers.move_to_end(key)
             return kept[1]
         answer = super().messages(room_id, limit)
-        self._keep(key, version, answer)
+        self._put(key, (version, answer, now), last=True)
         return answer
 
-    def _keep(self, key: tuple[str, int], version: int, answer: MessagesAnswer) -> None:
-        old = self._answers.pop(key, None)
+    def watched(self, most: int | None = None, window_s: float | None = None) -> list[AnswerKey]:
+        """The keys of the kept answers callers asked for most recently, at
+        most ``most`` of them (:data:`REFRESH_ANSWERS`), asked for within
+        ``window_s`` seconds (:data:`REFRESH_WINDOW_S`): those the daemon
+        makes again after a write (see :meth:`adopt`)."""
+        most = REFRESH_ANSWERS if most is None else most
+        since = time.monotonic() - (REFRESH_WINDOW_S if window_s is None else window_s)
+        keys: list[AnswerKey] = []
+        for key in reversed(self._answers):
+            if len(keys) >= most or self._answers[key][2] < since:
+                break
+            keys.append(key)
+        return keys
+
+    def adopt(self, answers: dict[AnswerKey, MessagesAnswer]) -> None:
+        """Keep ``answers``, made by the writer after its last commit
+        (:meth:`Cache.run_then_answer`), as current.
+
+        The caller guarantees that nothing has been committed to the cache
+        since that commit (the daemon holds its cache thread's limiter from
+        the write until this returns, and every write goes through it):
+        then this connection's ``data_version`` now is the version of the
+        state they were made from, and they are kept under it. Any later
+        commit changes it, and they go stale like any answer. Only keys
+        still kept are taken, in their place in the LRU order. If SQLite
+        cannot start a read (busy), none is taken: the next read reads.
+        """
+        try:
+            version = self.data_version()
+        except apsw.Error:
+            return
+        for key, answer in answers.items():
+            kept = self._answers.get(key)
+            if kept is not None:
+                self._put(key, (version, answer, kept[2]), last=False)
+
+    def _put(self, key: AnswerKey, entry: tuple[int, MessagesAnswer, float], *, last: bool) -> None:
+        """Keep ``entry`` under ``key``: as the most recently used
+        (``last``) or in the place of the one it replaces. Then drop the
+        least recently used until the kept answers hold at most
+        ``answer_rows`` messages; an answer bigger than that on its own is
+        not kept and pushes nothing out."""
+        old = self._answers.pop(key, None) if last else self._answers.get(key)
         if old is not None:
             self._answer_rows -= len(old[1][0])
-        rows = len(answer[0])
+        rows = len(entry[1][0])
         if rows > self._answer_rows_max:
+            self._answers.pop(key, None)
             return
-        self._answers[key] = (version, answer)
+        self._answers[key] = entry
         self._answer_rows += rows
         while self._answer_rows > self._answer_rows_max:
-            _, (_, dropped) = self._answers.popitem(last=False)
+            _, (_, dropped, _) = self._answers.popitem(last=False)
             self._answer_rows -= len(dropped[0])
 
     def read(self, fn: Callable[[CacheReads], T]) -> T:

@@ -25,6 +25,16 @@ being measured:
 * ``cache+thread`` the same read in a task of its own, on the daemon's cache
                  thread (``trio.to_thread`` with a ``CapacityLimiter(1)``):
                  how every read went before, and how big reads still go.
+* ``cache-follow`` the daemon as in ``cache`` while it writes: every
+                 :data:`TICK_S` a new message goes into the room the way a
+                 sync puts it there (``Daemon.db(cache.apply_sync, ...)``,
+                 then its events are published), and each active UI waits
+                 for an event, then reads the room: the first read after
+                 each commit, what a UI does when told of a new message.
+                 The daemon makes the answers UIs read last again after
+                 each write (``Cache.run_then_answer``, ``CacheReader.adopt``).
+* ``cache-follow-off`` the same without that (``REFRESH_ANSWERS = 0``): the
+                 first read after each commit reads SQLite, on the event loop.
 
 Not run unless named with ``--kinds``:
 
@@ -76,6 +86,14 @@ if TYPE_CHECKING:
 UIS = 8
 GOAL_P50_US = 400
 ROOM = "!bench:example.org"
+#: How often the ``cache-follow`` servers write a message while measured.
+TICK_S = 0.002
+#: The follow kinds' reads per scenario and round, all active UIs together
+#: (one per event, so this many ticks).
+FOLLOW_READS = 1000
+#: SIGUSR1 starts a follow server's writes, SIGUSR2 stops them: the servers
+#: not being measured stay idle.
+START_WRITES, STOP_WRITES = signal.SIGUSR1, signal.SIGUSR2
 
 
 # ------------------------------------------------------------------ servers
@@ -189,22 +207,26 @@ def serve_cache(conn: Any, base: Path, variant: str) -> None:
     path = base / "cache.db"
     key = secrets.token_hex(32)
     cache = Cache.open(path, key, "@me:example.org")
-    items = [
-        classify(
-            ROOM,
-            ClientEvent(
-                type="m.room.message",
-                event_id=f"$event{i}:example.org",
-                sender="@alice:example.org",
-                origin_server_ts=1_700_000_000_000 + i,
-                content={"msgtype": "m.text", "body": f"message number {i}, a short line of chat"},
-            ),
-        )
-        for i in range(60)
-    ]
-    cache.apply_sync(
-        SyncPlan(
-            next_batch="s1",
+
+    def plan(first: int, count: int) -> SyncPlan:
+        items = [
+            classify(
+                ROOM,
+                ClientEvent(
+                    type="m.room.message",
+                    event_id=f"$event{i}:example.org",
+                    sender="@alice:example.org",
+                    origin_server_ts=1_700_000_000_000 + i,
+                    content={
+                        "msgtype": "m.text",
+                        "body": f"message number {i}, a short line of chat",
+                    },
+                ),
+            )
+            for i in range(first, first + count)
+        ]
+        return SyncPlan(
+            next_batch=f"s{first + count}",
             rooms=[
                 RoomSync(
                     ROOM,
@@ -213,17 +235,50 @@ def serve_cache(conn: Any, base: Path, variant: str) -> None:
                 )
             ],
         )
-    )
+
+    cache.apply_sync(plan(0, 60))
     if variant == "cache+thread":
         skiffyd.daemon.INLINE_READ_ROWS = 0  # answer_now declines: a task, the thread
+    if variant == "cache-follow-off":
+        store.REFRESH_ANSWERS = 0  # the daemon makes no answer after a write
     daemon = skiffyd.daemon.Daemon(paths)
     keep = 0 if variant == "cache-miss" else store.READER_ANSWER_ROWS
     daemon.session = SimpleNamespace(  # type: ignore[assignment]
         cache=cache, reader=CacheReader.open(path, key, answer_rows=keep)
     )
+    if not variant.startswith("cache-follow"):
+        # The daemon's own server: its handler and answer_now.
+        trio.run(_serve_until_sigterm, conn, daemon.server)
+        return
 
-    # The daemon's own server: its handler and answer_now.
-    trio.run(_serve_until_sigterm, conn, daemon.server)
+    async def follow() -> None:
+        """The server, and a message written every TICK_S while told to."""
+        writing = trio.Event()
+        n = 60
+
+        async def write() -> None:
+            nonlocal n
+            while True:
+                await writing.wait()
+                daemon.publish(await daemon.db(cache.apply_sync, plan(n, 1)))
+                n += 1
+                await trio.sleep(TICK_S)
+
+        with trio.open_signal_receiver(signal.SIGTERM, START_WRITES, STOP_WRITES) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(daemon.server.run)
+                nursery.start_soon(write)
+                conn.send("ready")
+                async for signum in signals:
+                    if signum == START_WRITES:
+                        writing.set()
+                    elif signum == STOP_WRITES:
+                        writing = trio.Event()
+                    else:
+                        nursery.cancel_scope.cancel()
+                        break
+
+    trio.run(follow)
 
 
 SERVERS: dict[str, Callable[..., None]] = {
@@ -233,6 +288,8 @@ SERVERS: dict[str, Callable[..., None]] = {
     "cache": serve_cache,
     "cache-miss": serve_cache,
     "cache+thread": serve_cache,
+    "cache-follow": serve_cache,
+    "cache-follow-off": serve_cache,
     "ipc+thread": serve_ipc,
     "contexts": serve_ipc,
 }
@@ -271,6 +328,18 @@ def ui(conn: Any) -> None:
     socks: list[Any] = []
     client: DaemonClient | None = None
     raw: Any = None
+    sub: Any = None
+
+    def next_event() -> None:
+        """Wait for an event, then skip any queued behind it: the read that
+        follows comes right after the latest commit."""
+        sub.recv()
+        while True:
+            try:
+                sub.recv(block=False)
+            except pynng.TryAgain:
+                return
+
     while True:
         cmd = conn.recv()
         if cmd[0] == "connect":
@@ -290,14 +359,16 @@ def ui(conn: Any) -> None:
                 client.close()
             for sock in socks:
                 sock.close()
-            socks, client, raw = [], None, None
+            socks, client, raw, sub = [], None, None, None
             conn.send("disconnected")
         elif cmd[0] == "run":
-            _, mode, n, warmup, start_at = cmd
+            _, mode, n, warmup, start_at, follow = cmd
             assert client is not None
             assert raw is not None
             once = _raw_call(raw, frame) if mode == "raw" else _client_call(client, request)
+            wait = next_event if follow else (lambda: None)
             for _ in range(warmup):
+                wait()
                 once()
             # All active UIs start together: sleep, then spin the last 2 ms.
             time.sleep(max(0.0, start_at - time.monotonic() - 0.002))
@@ -307,6 +378,7 @@ def ui(conn: Any) -> None:
             clock = time.perf_counter_ns
             t0 = time.monotonic()
             for _ in range(n):
+                wait()
                 a = clock()
                 once()
                 lat.append(clock() - a)
@@ -346,19 +418,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             t_start = time.monotonic()
             for _round in range(args.rounds):
                 for kind in kinds:
+                    follow = kind.startswith("cache-follow")
                     for u in uis:
                         u.send(("connect", str(dirs[kind])))
                     for u in uis:
                         assert u.recv() == "connected"
+                    if follow:
+                        os.kill(pids[kind], START_WRITES)
                     time.sleep(0.05)
                     for scenario, active in scenarios:
                         for mode in modes:
                             if kind == "echo" and mode == "client":
                                 continue  # the echo does not speak skiffyd's protocol
-                            n = args.requests // active
+                            n = (args.follow_reads if follow else args.requests) // active
+                            warmup = 20 if follow else args.warmup
                             start_at = time.monotonic() + 0.5
                             for u in uis[:active]:
-                                u.send(("run", mode, n, args.warmup, start_at))
+                                u.send(("run", mode, n, warmup, start_at, follow))
                             time.sleep(0.4)  # warm-ups done; timed loops start at start_at
                             cpu0 = cpu_seconds(pids[kind])
                             outs = [u.recv() for u in uis[:active]]
@@ -368,6 +444,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             pooled.setdefault(key, []).extend(x for o in outs for x in o[0])
                             span = max(o[2] for o in outs) - min(o[1] for o in outs)
                             rates.setdefault(key, []).append(n * active / span)
+                    if follow:
+                        os.kill(pids[kind], STOP_WRITES)
                     for u in uis:
                         u.send(("disconnect",))
                     for u in uis:
@@ -426,7 +504,13 @@ def print_table(report: dict[str, Any]) -> None:
 
 def print_goal(report: dict[str, Any]) -> None:
     one = report["results"]["1 of 8 active"]
-    for name in ("cache/client", "cache-miss/client", "ipc/client"):
+    for name in (
+        "cache/client",
+        "cache-miss/client",
+        "cache-follow/client",
+        "cache-follow-off/client",
+        "ipc/client",
+    ):
         if name in one:
             p50 = one[name]["p50"]
             print(
@@ -440,11 +524,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=3000, help="per scenario and round")
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument(
+        "--follow-reads",
+        type=int,
+        default=FOLLOW_READS,
+        help="per scenario and round, for the cache-follow kinds",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--kinds",
         nargs="+",
-        default=["echo", "ipc", "ipc+task", "cache", "cache-miss", "cache+thread"],
+        default=[
+            "echo",
+            "ipc",
+            "ipc+task",
+            "cache",
+            "cache-miss",
+            "cache-follow",
+            "cache-follow-off",
+            "cache+thread",
+        ],
         choices=sorted(SERVERS),
     )
     parser.add_argument("--json", type=Path, help="also write the results here")

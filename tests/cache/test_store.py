@@ -211,13 +211,109 @@ def test_the_readers_kept_answers_are_bounded_in_messages(tmp_path: Path, key: s
         read(3)  # 1 + 2 + 3 > 4: `two` goes
         assert read(1) is one
         assert read(2) is not two
-        assert sum(len(a[0]) for _, a in reader._answers.values()) <= 4
+        assert sum(len(a[0]) for _, a, _ in reader._answers.values()) <= 4
         # answer_rows=0 keeps nothing: every read is one.
         assert off.read(lambda c: c.messages(ROOM, 2)) is not off.read(
             lambda c: c.messages(ROOM, 2)
         )
     finally:
         off.close()
+        reader.close()
+        cache.close()
+
+
+def test_a_write_makes_the_answers_last_asked_for_again(
+    tmp_path: Path, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run_then_answer: after a call that changed rows, the given answers as
+    a fresh read gives them (a room gone is left out); after one that
+    changed nothing, or closed the cache, none. The reader adopts them as
+    current until the next commit, and only for keys it still keeps.
+    watched(): the most recently asked-for keys, within the window."""
+    cache = Cache.open(tmp_path / "c.db", key, ME)
+    reader = CacheReader.open(tmp_path / "c.db", key)
+    fresh = CacheReader.open(tmp_path / "c.db", key, answer_rows=0)
+    try:
+        cache.apply_sync(_plan("s1", _msg("$1", "one"), _msg("$2", "two")))
+        clock = [1000.0]
+        monkeypatch.setattr("skiffyd.cache.store.time.monotonic", lambda: clock[0])
+        reader.read(lambda c: c.messages(ROOM, 10))
+        clock[0] += 5
+        reader.read(lambda c: c.messages(ROOM, 1))
+        assert reader.watched() == [(ROOM, 1), (ROOM, 10)]
+        assert reader.watched(most=1) == [(ROOM, 1)]
+        assert reader.watched(window_s=4) == [(ROOM, 1)]
+        clock[0] += 3
+        reader.read(lambda c: c.messages(ROOM, 10))  # asked again: most recent
+        assert reader.watched(window_s=4) == [(ROOM, 10), (ROOM, 1)]
+
+        keys = [(ROOM, 10), (ROOM, 1), ("!gone:x", 5)]
+        assert cache.run_then_answer(cache.next_batch, (), keys) == ("s1", {})
+        events, answers = cache.run_then_answer(
+            cache.apply_sync, (_plan("s2", _msg("$3", "three")),), keys
+        )
+        assert [type(e) for e in events] == [MessageAdded]
+        assert set(answers) == {(ROOM, 10), (ROOM, 1)}
+        for k, answer in answers.items():
+            assert answer == fresh.read(lambda c, k=k: c.messages(*k))
+        assert [m.body for m in answers[(ROOM, 10)][0]] == ["one", "two", "three"]
+
+        reader.adopt({**answers, (ROOM, 3): answers[(ROOM, 1)]})
+        assert reader.read(lambda c: c.messages(ROOM, 10)) is answers[(ROOM, 10)]
+        assert reader.read(lambda c: c.messages(ROOM, 1)) is answers[(ROOM, 1)]
+        assert (ROOM, 3) not in reader._answers  # not asked for: not taken
+        # The next commit makes adopted answers stale like any other.
+        cache.apply_sync(_plan("s3", _msg("$4", "four")))
+        after = reader.read(lambda c: c.messages(ROOM, 10))
+        assert [m.body for m in after[0]] == ["one", "two", "three", "four"]
+
+        other = Cache.open(tmp_path / "c.db", key, ME)
+        assert other.run_then_answer(other.close, (), keys) == (None, {})
+    finally:
+        fresh.close()
+        reader.close()
+        cache.close()
+
+
+def test_adopted_answers_keep_the_bound_and_their_place(tmp_path: Path, key: str) -> None:
+    cache = Cache.open(tmp_path / "c.db", key, ME)
+    reader = CacheReader.open(tmp_path / "c.db", key, answer_rows=4)
+    try:
+        cache.apply_sync(_plan("s1", _msg("$1", "one"), _msg("$2", "two")))
+        one = reader.read(lambda c: c.messages(ROOM, 1))
+        two = reader.read(lambda c: c.messages(ROOM, 2))
+        _, answers = cache.run_then_answer(
+            cache.apply_sync,
+            (_plan("s2", *(_msg(f"${i}", str(i)) for i in range(3, 6))),),
+            [(ROOM, 1), (ROOM, 2)],
+        )
+        # (ROOM, 1) stays the least recently asked for (an adoption is not
+        # a use); the answers now hold 1 + 2 messages, under the bound.
+        reader.adopt({(ROOM, 2): answers[(ROOM, 2)], (ROOM, 1): answers[(ROOM, 1)]})
+        assert list(reader._answers) == [(ROOM, 1), (ROOM, 2)]
+        assert reader.read(lambda c: c.messages(ROOM, 1)) is answers[(ROOM, 1)]
+        assert reader.read(lambda c: c.messages(ROOM, 2)) is answers[(ROOM, 2)]
+        assert one is not answers[(ROOM, 1)]
+        assert two is not answers[(ROOM, 2)]
+        # A kept answer that the write made bigger than the bound on its
+        # own is dropped, not kept, and pushes nothing out.
+        small = CacheReader.open(tmp_path / "c.db", key, answer_rows=6)
+        try:
+            small.read(lambda c: c.messages(ROOM, 1))
+            small.read(lambda c: c.messages(ROOM, 7))  # 5 rows of 7: kept
+            assert small._answer_rows == 6
+            _, grown = cache.run_then_answer(
+                cache.apply_sync,
+                (_plan("s3", _msg("$6", "six"), _msg("$7", "seven")),),
+                [(ROOM, 7), (ROOM, 1)],
+            )
+            small.adopt(grown)
+            assert list(small._answers) == [(ROOM, 1)]
+            assert small._answer_rows == 1
+            assert small.read(lambda c: c.messages(ROOM, 1)) is grown[(ROOM, 1)]
+        finally:
+            small.close()
+    finally:
         reader.close()
         cache.close()
 
