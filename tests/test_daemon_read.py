@@ -159,6 +159,16 @@ async def test_a_write_through_db_leaves_the_rooms_uis_read_answered_from_memory
         return run_then_answer(fn, args, keys)
 
     monkeypatch.setattr(cache, "run_then_answer", spy)
+    # Adopting is right only while no other write can commit: the cache
+    # limiter must still be held when the reader adopts.
+    held: list[int] = []
+    adopt = real.adopt
+
+    def adopt_checked(answers: Any) -> None:
+        held.append(d._limiter.statistics().borrowed_tokens)
+        adopt(answers)
+
+    monkeypatch.setattr(real, "adopt", adopt_checked)
 
     def bodies() -> list[str]:
         answer = d.answer_now(wire.Messages(room_id=ROOM, limit=5))
@@ -177,6 +187,7 @@ async def test_a_write_through_db_leaves_the_rooms_uis_read_answered_from_memory
     )
     assert [type(e) for e in events] == [wire.MessageAdded]
     assert made == [[(ROOM, 5)]]
+    assert held == [1]
     assert bodies() == ["one", "two"]
     assert sqlite_reads == [(ROOM, 5)]  # the answer was made on the cache thread
 
