@@ -13,36 +13,43 @@ closes it unless that uid is ours (and closes it when the uid cannot be read:
 fail closed); a refused peer gets nng's 8-byte handshake, then end of file.
 Only when both sockets listen does ``run`` report ``started()``.
 
-Commands. The command socket is a Rep0 socket in nng's *raw* mode. One
-reader task waits for nng's receive descriptor (``recv-fd``) to turn readable
-(``trio.lowlevel.wait_readable``), then takes every waiting request with
-non-blocking receives until nng says ``EAGAIN``. Each is decoded
-(:func:`skiffyd.ipc.codec.decode_request`); a frame that does not decode is
-answered at once with its error. Then ``answer_now`` (when given) may answer
-the command right there, synchronously: the daemon does so for commands that
-need only memory and a small read of the cache, for which a task of their
-own would cost more than the work (docs/benchmarks-ipc.md). Every other
-command gets one trio task: await the handler, send the reply. In raw mode a
-request carries its route back (the pipe id and the requester's request id,
-in the nng message header); the reply is sent with that header, also without
-blocking. So no nng thread calls into Python for a command and no request
-waits for a hop between threads (the only callbacks are the per-connection
-peer checks), and a command that awaits the network for seconds (login,
-join, backfill) holds only its own task while every other UI's commands keep
-being answered. At most ``max_in_flight`` commands run in tasks at once;
-beyond that the reader stops taking requests and they wait in nng (back
-pressure).
+Commands. The command socket is a (cooked) Rep0 socket, and every request
+is received into a Rep0 *context* of its own, which keeps the request's
+route back and sends its reply. One reader task waits for nng's receive
+descriptor (``recv-fd``) to turn readable (``trio.lowlevel.wait_readable``),
+then takes every waiting request, each into a free context, until nng has
+none left. Each is decoded (:func:`skiffyd.ipc.codec.decode_request`); a
+frame that does not decode is answered at once with its error. Then
+``answer_now`` (when given) may answer the command right there,
+synchronously: the daemon does so for commands that need only memory and a
+small read of the cache, for which a task of their own would cost more than
+the work (docs/benchmarks-ipc.md). Every other command gets one trio task:
+await the handler, send the reply from its context. So a command that
+awaits the network for seconds (login, join, backfill) holds only its own
+task and context while every other UI's commands keep being answered. At
+most ``max_in_flight`` commands are held at once; beyond that the reader
+stops taking requests and they wait in nng (back pressure).
 
-Why not Rep0 contexts with ``await ctx.arecv()`` (the previous design):
-each ``arecv``/``asend`` completes through a callback on an nng thread that
-takes the GIL and wakes trio. Measured here with 8 UIs connected
-(``docs/benchmarks-ipc.md``, ``tests/bench/bench_ipc_rtt.py``), the raw
-socket costs about half the daemon CPU per command and answers 1.4-2x more
-commands per second when all 8 UIs are busy; with one busy UI both answer a
-small cached read in 130-200 µs p50 (a raw pynng echo: 60-120 µs).
-``recv-fd`` exists per socket, not per context, which is why the raw socket
-(one descriptor, every route in the header) is the way to use it without
-serialising commands.
+The contexts' receives and sends go through nng aios *without callbacks*
+(:class:`_Slot`): nng completes such an operation in the calling thread
+when it can, so a receive with timeout 0 either takes a waiting request or
+fails at once, and a reply goes onto its connection from the event loop's
+own thread. No nng thread calls into Python for a command (the only
+callbacks are the per-connection peer checks) and no request or reply
+waits for a hand-off between threads. Only a reply whose connection is
+still busy sending an earlier one (a UI with several commands in flight) is
+left to nng, which sends it when the connection frees; its context is not
+reused until then, and after :data:`REPLY_SEND_TIMEOUT_MS` (a UI that
+stopped reading) nng gives it back and it is dropped.
+
+Why not Rep0 contexts with ``await ctx.arecv()`` (the design before
+2026-11-22): each ``arecv``/``asend`` completes through a callback on an nng
+thread that takes the GIL and wakes trio. Why not a Rep0 socket in raw mode
+(each request's route in its nng header, the design until 2026-12-01): a
+raw socket's reply goes through its send queue and nng's forwarder, two
+hand-offs between nng's threads before the connection. Both are measured
+beside this design by ``tests/bench/bench_ipc_rtt.py``
+(``docs/benchmarks-ipc.md``).
 
 Every failure becomes an error reply:
 undecodable bytes, an unknown command, bad arguments, an oversized frame, a
@@ -85,6 +92,7 @@ sockets; nng removes the socket files when it closes the listeners, and
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import stat
 import threading
@@ -125,14 +133,20 @@ MAX_QUEUED_EVENTS = 100_000
 PUB_SEND_BUFFER = 64
 #: Commands handled at the same time; more wait in nng (back pressure).
 MAX_IN_FLIGHT = 64
-#: Requests nng queues for the daemon, and replies on their way out.
-REP_RECV_BUFFER = 128
-REP_SEND_BUFFER = 128
+#: Replies nng holds for a connection still busy sending an earlier one (a UI
+#: with several commands in flight on one connection), each in its context:
+#: beyond this many, no new request is taken until some are sent.
+MAX_SENDING = 128
+#: How long such a reply may wait for its connection before it is dropped
+#: (a UI that stopped reading its socket), ms.
+REPLY_SEND_TIMEOUT_MS = 5_000
+#: How often the reader looks whether such replies went out, when it waits
+#: for a context (nng does not say when they do).
+SENDING_POLL_S = 0.001
+#: How often an idle reader looks whether they went out.
+SENDING_CHECK_S = 0.1
 #: Requests taken in one go before the reader lets other tasks run.
 DRAIN_CHECKPOINT = 16
-#: A reply that finds nng's send queue full is retried this often, this far apart.
-REPLY_SEND_TRIES = 1000
-REPLY_RETRY_DELAY = 0.001
 SOCKET_MODE = 0o600
 
 Handler = Callable[[ipc_schema.Request], Awaitable[ipc_schema.Result]]
@@ -172,6 +186,12 @@ class IpcStatistics:
     served: int
     #: Connections closed because the peer's uid was not ours.
     refused_peers: int
+    #: Replies nng held for a while because their connection was still
+    #: sending an earlier one (a UI with several commands in flight).
+    queued_replies: int
+    #: Of those, replies dropped because the connection stayed busy for
+    #: REPLY_SEND_TIMEOUT_MS (a UI that stopped reading its socket).
+    dropped_replies: int
     #: Event subscribers connected and attached to Pub0.
     subscribers: int
     queued_events: int
@@ -214,6 +234,8 @@ class IpcServer:
         self._idle.set()
         self._served = 0
         self._refused = 0
+        self._queued_replies = 0
+        self._dropped_replies = 0
         self._subscribers = 0
         self._counter_lock = threading.Lock()  # nng threads bump _refused
         self._published_events = 0
@@ -340,85 +362,91 @@ class IpcServer:
             await self._idle.wait()
 
     def _command_socket(self) -> Any:
-        """The command socket: Rep0 in raw mode (see the module docstring)."""
-        return pynng.Rep0(
-            opener=lib.nng_rep0_open_raw,
-            recv_max_size=NNG_RECV_MAX_BYTES,
-            recv_buffer_size=REP_RECV_BUFFER,
-            send_buffer_size=REP_SEND_BUFFER,
-        )
+        """The command socket: a cooked Rep0 (see the module docstring)."""
+        return pynng.Rep0(recv_max_size=NNG_RECV_MAX_BYTES)
 
     async def _serve_commands(self, rep: Any) -> None:
-        """Take requests off the raw Rep0 socket; answer them at once or in a task each.
+        """Take requests off the Rep0 socket, each into a context of its own;
+        answer them at once or in a task each.
 
         The socket's receive descriptor turns readable when requests wait;
-        they are then taken with non-blocking receives until nng has none
+        they are then taken with receives that never wait until nng has none
         left. Nothing in this path runs on an nng thread or crosses threads.
         """
-        sock = rep.socket
         recv_fd: int = rep.recv_fd
-        msg_p = ffi.new("nng_msg **")
+        slots = _Slots(rep.socket, self._max_in_flight, self._reply_dropped)
         slot_free = trio.Event()
+        idle: trio.CancelScope | None = None  # the reader's wait for requests
 
-        def done() -> None:
-            nonlocal slot_free
+        def release(slot: _Slot) -> None:
+            if slots.release(slot):
+                self._queued_replies += 1
+                if idle is not None:
+                    # nng will not say when it sends the reply: look soon.
+                    idle.deadline = min(idle.deadline, trio.current_time() + SENDING_CHECK_S)
+
+        def done(slot: _Slot) -> None:
             self._tasks -= 1
+            release(slot)
             slot_free.set()
 
-        async with trio.open_nursery() as nursery:
-            taken = 0
-            while True:
-                if self._tasks >= self._max_in_flight:
-                    # Back pressure: requests wait in nng until a slot frees.
-                    slot_free = trio.Event()
-                    await slot_free.wait()
-                    continue
-                rv = lib.nng_recvmsg(sock, msg_p, lib.NNG_FLAG_NONBLOCK)
-                if rv == lib.NNG_EAGAIN:
-                    taken = 0
-                    await trio.lowlevel.wait_readable(recv_fd)
-                    continue
-                if rv == lib.NNG_ECLOSED:
-                    return
-                if rv != 0:
-                    self._log.warning("ipc.recv_failed", error=_nng_error(rv))
-                    await trio.sleep(0.01)
-                    continue
-                msg = msg_p[0]
-                try:
-                    header = bytes(ffi.buffer(lib.nng_msg_header(msg), lib.nng_msg_header_len(msg)))
-                    body = bytes(ffi.buffer(lib.nng_msg_body(msg), lib.nng_msg_len(msg)))
-                finally:
-                    lib.nng_msg_free(msg)
-                taken += 1
-                request = self._decode(body)
-                if not isinstance(request, bytes) and self._answer_now is not None:
-                    request = self._try_answer_now(request) or request
-                if isinstance(request, bytes) and self._reply_at_once(sock, header, request):
-                    pass  # answered without a task: an error, or answer_now's answer
-                else:
-                    self._tasks += 1
-                    nursery.start_soon(self._command, sock, header, request, done)
-                if taken % DRAIN_CHECKPOINT == 0:
-                    # A long burst still lets the commands (and the rest of
-                    # the daemon) run.
-                    await trio.lowlevel.checkpoint()
+        try:
+            async with trio.open_nursery() as nursery:
+                taken = 0
+                while True:
+                    slot = slots.take()
+                    if slot is None:
+                        # Back pressure: every context holds a command, or a
+                        # reply nng has not sent yet; requests wait in nng.
+                        slot_free = trio.Event()
+                        with trio.move_on_after(SENDING_POLL_S if slots.sending else math.inf):
+                            await slot_free.wait()
+                        continue
+                    got = slot.receive()
+                    if isinstance(got, int):
+                        slots.put_back(slot)
+                        if got == lib.NNG_ETIMEDOUT:  # nothing waiting
+                            taken = 0
+                            # While nng holds replies, look now and then
+                            # whether they went out (take() reclaims them).
+                            deadline = math.inf
+                            if slots.sending:
+                                deadline = trio.current_time() + SENDING_CHECK_S
+                            with trio.CancelScope(deadline=deadline) as idle:
+                                await trio.lowlevel.wait_readable(recv_fd)
+                            idle = None
+                        elif got == lib.NNG_ECLOSED:
+                            return
+                        else:
+                            self._log.warning("ipc.recv_failed", error=_nng_error(got))
+                            await trio.sleep(0.01)
+                        continue
+                    taken += 1
+                    request = self._decode(got)
+                    if not isinstance(request, bytes) and self._answer_now is not None:
+                        request = self._try_answer_now(request) or request
+                    if isinstance(request, bytes):
+                        # Answered without a task: an error, or answer_now's answer.
+                        self._reply(slot, request)
+                        release(slot)
+                    else:
+                        self._tasks += 1
+                        nursery.start_soon(self._command, slot, request, done)
+                    if taken % DRAIN_CHECKPOINT == 0:
+                        # A long burst still lets the commands (and the rest of
+                        # the daemon) run.
+                        await trio.lowlevel.checkpoint()
+        finally:
+            slots.close()
 
     async def _command(
-        self,
-        sock: Any,
-        header: bytes,
-        request: ipc_schema.Request | bytes,
-        done: Callable[[], None],
+        self, slot: _Slot, request: ipc_schema.Request, done: Callable[[_Slot], None]
     ) -> None:
-        """Handle ``request`` (or send the reply it already has) and reply."""
+        """Handle ``request`` and reply in its context."""
         try:
-            reply = request if isinstance(request, bytes) else await self._handle(request)
-            await self._send_reply(sock, header, reply)
-        except pynng.NNGException as exc:  # nng out of memory: this reply only
-            self._log.error("ipc.reply_failed", error_type=type(exc).__name__)
+            self._reply(slot, await self._handle(request))
         finally:
-            done()
+            done(slot)
 
     def _try_answer_now(self, request: ipc_schema.Request) -> bytes | None:
         """``answer_now``'s reply to ``request``, or None when it has none."""
@@ -433,48 +461,18 @@ class IpcServer:
         self._served += 1
         return reply
 
-    def _reply_at_once(self, sock: Any, header: bytes, reply: bytes) -> bool:
-        """Send ``reply`` without waiting; False if nng's send queue is full."""
+    def _reply(self, slot: _Slot, reply: bytes) -> None:
+        """Send ``reply`` from the request's context, without waiting."""
         try:
-            return self._send_now(sock, header, reply)
+            slot.send(reply)
         except pynng.NNGException as exc:  # nng out of memory: this reply only
             self._log.error("ipc.reply_failed", error_type=type(exc).__name__)
-            return True
 
-    async def _send_reply(self, sock: Any, header: bytes, reply: bytes) -> None:
-        """Send ``reply`` back along the request's route (its ``header``).
-
-        The raw socket queues it without blocking; a requester that went away
-        meanwhile is nng's to forget. Only a full send queue (nng's forwarder
-        is behind) makes this wait a little.
-        """
-        for _ in range(REPLY_SEND_TRIES):
-            if self._send_now(sock, header, reply):
-                return
-            await trio.sleep(REPLY_RETRY_DELAY)
-        self._log.warning("ipc.reply_dropped", reason="send queue full")
-
-    def _send_now(self, sock: Any, header: bytes, reply: bytes) -> bool:
-        """One non-blocking send of ``reply`` along ``header``'s route. False:
-        nng's send queue is full, try again; True: sent, or never will be."""
-        msg_p = ffi.new("nng_msg **")
-        check_err(lib.nng_msg_alloc(msg_p, 0))
-        msg = msg_p[0]
-        try:
-            check_err(lib.nng_msg_header_append(msg, header, len(header)))
-            check_err(lib.nng_msg_append(msg, reply, len(reply)))
-            rv = lib.nng_sendmsg(sock, msg, lib.NNG_FLAG_NONBLOCK)
-            if rv == 0:
-                msg = None  # nng owns it now
-                return True
-            if rv == lib.NNG_EAGAIN:
-                return False
-            if rv != lib.NNG_ECLOSED:
-                self._log.info("ipc.reply_not_sent", error=_nng_error(rv))
-            return True
-        finally:
-            if msg is not None:
-                lib.nng_msg_free(msg)
+    def _reply_dropped(self, rv: int) -> None:
+        """A reply nng gave back unsent: its connection stayed busy for
+        :data:`REPLY_SEND_TIMEOUT_MS` (a UI that stopped reading)."""
+        self._dropped_replies += 1
+        self._log.warning("ipc.reply_dropped", error=_nng_error(rv))
 
     def _decode(self, data: bytes) -> ipc_schema.Request | bytes:
         """The request in ``data``, or the error reply it gets instead."""
@@ -611,12 +609,173 @@ class IpcServer:
             in_flight=self._in_flight,
             served=self._served,
             refused_peers=self._refused,
+            queued_replies=self._queued_replies,
+            dropped_replies=self._dropped_replies,
             subscribers=self._subscribers,
             queued_events=len(self._queue),
             published_events=self._published_events,
             published_frames=self._published_frames,
             dropped_events=self._dropped_events,
         )
+
+
+class _Slot:
+    """One context of the command socket, with a receive and a send aio.
+
+    The aios have no callback: nng completes an operation in the calling
+    thread when it can (a receive when a request waits, a send when the
+    connection is free), so nothing runs on an nng thread or wakes one, and
+    nng never calls into Python. A receive never waits (timeout 0): with no
+    request waiting it fails at once with ``NNG_ETIMEDOUT``, and the reader
+    waits for the socket's receive descriptor instead. A send that finds its
+    connection still sending an earlier reply is queued by nng and finishes
+    later on nng's side; until then the slot is :attr:`sending` and is not
+    used again.
+    """
+
+    __slots__ = ("_ctx", "_pending", "_recv", "_send")
+
+    def __init__(self, sock: Any) -> None:
+        ctx = ffi.new("nng_ctx *")
+        check_err(lib.nng_ctx_open(ctx, sock))
+        aios: list[Any] = []
+        try:
+            for timeout_ms in (0, REPLY_SEND_TIMEOUT_MS):
+                aio_p = ffi.new("nng_aio **")
+                check_err(lib.nng_aio_alloc(aio_p, ffi.NULL, ffi.NULL))
+                lib.nng_aio_set_timeout(aio_p[0], timeout_ms)
+                aios.append(aio_p[0])
+        except BaseException:
+            for aio in aios:
+                lib.nng_aio_free(aio)
+            lib.nng_ctx_close(ctx[0])
+            raise
+        self._ctx = ctx
+        self._recv, self._send = aios
+        self._pending = False  # a send was started and not yet looked at
+
+    def receive(self) -> bytes | int:
+        """The body of the next waiting request, or nng's error code
+        (``NNG_ETIMEDOUT``: none is waiting)."""
+        aio = self._recv
+        lib.nng_ctx_recv(self._ctx[0], aio)
+        lib.nng_aio_wait(aio)
+        rv: int = lib.nng_aio_result(aio)
+        if rv != 0:
+            return rv
+        msg = lib.nng_aio_get_msg(aio)
+        lib.nng_aio_set_msg(aio, ffi.NULL)
+        try:
+            return bytes(ffi.buffer(lib.nng_msg_body(msg), lib.nng_msg_len(msg)))
+        finally:
+            lib.nng_msg_free(msg)
+
+    def send(self, reply: bytes) -> None:
+        """Send ``reply`` to the request this context received; never waits."""
+        msg_p = ffi.new("nng_msg **")
+        check_err(lib.nng_msg_alloc(msg_p, 0))
+        msg = msg_p[0]
+        rv = lib.nng_msg_append(msg, reply, len(reply))
+        if rv != 0:
+            lib.nng_msg_free(msg)
+            check_err(rv)
+        lib.nng_aio_set_msg(self._send, msg)
+        self._pending = True
+        lib.nng_ctx_send(self._ctx[0], self._send)
+
+    @property
+    def sending(self) -> bool:
+        """Whether nng still holds this context's reply (its connection is busy)."""
+        return bool(lib.nng_aio_busy(self._send))
+
+    def sent(self) -> int:
+        """Once not :attr:`sending`: how the last send ended (0: sent, or its
+        requester is gone), freeing a reply nng gave back unsent."""
+        if not self._pending:
+            return 0
+        self._pending = False
+        aio = self._send
+        rv: int = lib.nng_aio_result(aio)
+        msg = lib.nng_aio_get_msg(aio)
+        if msg != ffi.NULL:
+            lib.nng_aio_set_msg(aio, ffi.NULL)
+            lib.nng_msg_free(msg)
+        return rv
+
+    def close(self) -> None:
+        lib.nng_aio_stop(self._recv)
+        lib.nng_aio_stop(self._send)  # a queued reply is cancelled
+        self.sent()
+        lib.nng_ctx_close(self._ctx[0])
+        lib.nng_aio_free(self._recv)
+        lib.nng_aio_free(self._send)
+
+
+class _Slots:
+    """The command socket's contexts: free ones, those holding a command (at
+    most ``most``: back pressure beyond), and those whose reply nng still
+    holds (at most :data:`MAX_SENDING`). Made as needed, kept for reuse."""
+
+    def __init__(self, sock: Any, most: int, dropped: Callable[[int], None]) -> None:
+        self._sock = sock
+        self._most = most
+        self._dropped = dropped
+        self._all: list[_Slot] = []
+        self._free: list[_Slot] = []
+        self._held = 0
+        #: Released, but nng has not sent their reply yet.
+        self.sending: list[_Slot] = []
+
+    def take(self) -> _Slot | None:
+        """A context for the next request, or None: wait until one is released."""
+        if self.sending:
+            self._reclaim()
+        if self._held >= self._most or len(self.sending) >= MAX_SENDING:
+            return None
+        if self._free:
+            slot = self._free.pop()
+        else:
+            slot = _Slot(self._sock)
+            self._all.append(slot)
+        self._held += 1
+        return slot
+
+    def put_back(self, slot: _Slot) -> None:
+        """``slot`` was taken, but no request came."""
+        self._held -= 1
+        self._free.append(slot)
+
+    def release(self, slot: _Slot) -> bool:
+        """``slot``'s command is done and its reply (if any) handed to nng;
+        True if nng holds that reply for its busy connection."""
+        self._held -= 1
+        if slot.sending:
+            self.sending.append(slot)
+            return True
+        self._reuse(slot)
+        return False
+
+    def _reclaim(self) -> None:
+        still: list[_Slot] = []
+        for slot in self.sending:
+            if slot.sending:
+                still.append(slot)
+            else:
+                self._reuse(slot)
+        self.sending = still
+
+    def _reuse(self, slot: _Slot) -> None:
+        rv = slot.sent()
+        if rv != 0:
+            self._dropped(rv)
+        self._free.append(slot)
+
+    def close(self) -> None:
+        for slot in self._all:
+            slot.close()
+        self._all.clear()
+        self._free.clear()
+        self.sending.clear()
 
 
 def _result_reply(source: str, result: ipc_schema.Result) -> bytes:

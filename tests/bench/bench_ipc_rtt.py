@@ -39,6 +39,9 @@ being measured:
 Not run unless named with ``--kinds``:
 
 * ``ipc+thread`` the memory answer through ``trio.to_thread``.
+* ``ipc-raw``    ``ipc`` with the command socket as it was until 2026-12-01:
+                 Rep0 in raw mode (``tests/bench/ipc_legacy.py``).
+* ``cache-raw``  ``cache`` with that raw-mode command socket.
 * ``contexts``   the IpcServer design before the raw socket, for comparison:
                  8 Rep0 contexts, each ``await ctx.arecv()`` / ``ctx.asend()``.
 
@@ -173,13 +176,17 @@ def serve_ipc(conn: Any, base: Path, variant: str) -> None:
         from tests.bench.ipc_legacy import ContextsIpcServer
 
         server_cls = ContextsIpcServer
+    elif variant == "ipc-raw":
+        from tests.bench.ipc_legacy import RawIpcServer
+
+        server_cls = RawIpcServer
 
     async def main() -> None:
         nonlocal limiter
         limiter = trio.CapacityLimiter(1)
         now = (
             (lambda req: lookup(req) if isinstance(req, s.Messages) else None)
-            if variant == "ipc"
+            if variant in ("ipc", "ipc-raw")
             else None
         )
         await _serve_until_sigterm(
@@ -241,6 +248,10 @@ def serve_cache(conn: Any, base: Path, variant: str) -> None:
         skiffyd.daemon.INLINE_READ_ROWS = 0  # answer_now declines: a task, the thread
     if variant == "cache-follow-off":
         store.REFRESH_ANSWERS = 0  # the daemon makes no answer after a write
+    if variant == "cache-raw":
+        from tests.bench.ipc_legacy import RawIpcServer
+
+        skiffyd.daemon.IpcServer = RawIpcServer  # type: ignore[attr-defined]
     daemon = skiffyd.daemon.Daemon(paths)
     keep = 0 if variant == "cache-miss" else store.READER_ANSWER_ROWS
     daemon.session = SimpleNamespace(  # type: ignore[assignment]
@@ -286,11 +297,13 @@ SERVERS: dict[str, Callable[..., None]] = {
     "ipc": serve_ipc,
     "ipc+task": serve_ipc,
     "cache": serve_cache,
+    "cache-raw": serve_cache,
     "cache-miss": serve_cache,
     "cache+thread": serve_cache,
     "cache-follow": serve_cache,
     "cache-follow-off": serve_cache,
     "ipc+thread": serve_ipc,
+    "ipc-raw": serve_ipc,
     "contexts": serve_ipc,
 }
 

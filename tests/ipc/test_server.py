@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import stat
+import struct
 import subprocess
 import sys
 from typing import Any
@@ -19,6 +20,7 @@ import trio
 import ipc_schema as s
 from skiffyd.errors import DaemonAlreadyRunningError, NotLoggedInError, SkiffyError
 from skiffyd.ipc import codec
+from skiffyd.ipc import server as server_module
 from skiffyd.ipc.client import DaemonClient, DaemonTimeoutError
 from skiffyd.ipc.server import (
     MAX_BATCH_EVENTS,
@@ -245,9 +247,9 @@ async def test_max_in_flight_is_back_pressure(start_server: Any, fake: Any, call
 async def test_concurrent_replies_go_back_to_their_own_requester(
     start_server: Any, fake: Any, paths: Any
 ) -> None:
-    # The raw socket routes each reply by the header of its request: many UIs,
-    # commands finishing in another order than they came, each UI must get
-    # its own answers.
+    # Each reply goes back through the context its request came in: many
+    # UIs, commands finishing in another order than they came, each UI must
+    # get its own answers.
     uis, per_ui = 8, 25
     pending: list[trio.Event] = []
 
@@ -314,6 +316,125 @@ async def test_requester_gone_before_the_reply(
     await until(lambda: running.server.statistics().in_flight == 0)
     # Its reply went nowhere; the server goes on.
     assert isinstance(await call(s.Status()), s.StatusResult)
+
+
+class SpPeer:
+    """A Req0 peer speaking nng's IPC framing over a plain Unix socket, so
+    that the test decides when (and whether) it reads its replies; nng's
+    own Req0 reads every reply off the socket at once."""
+
+    def __init__(self, path: Any) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(str(path))
+        self.sock.sendall(b"\x00SP\x00\x00\x30\x00\x00")  # SP, protocol Req0
+        assert self._exact(8) == b"\x00SP\x00\x00\x31\x00\x00"  # Rep0 answers
+
+    def send(self, request_id: int, frame: bytes) -> None:
+        payload = struct.pack(">I", request_id | 0x8000_0000) + frame
+        self.sock.sendall(b"\x01" + struct.pack(">Q", len(payload)) + payload)
+
+    def recv(self) -> tuple[int, s.Reply]:
+        assert self._exact(1) == b"\x01"
+        (size,) = struct.unpack(">Q", self._exact(8))
+        payload = self._exact(size)
+        (request_id,) = struct.unpack(">I", payload[:4])
+        return request_id & 0x7FFF_FFFF, codec.decode_reply(payload[4:])
+
+    def _exact(self, n: int) -> bytes:
+        chunks = []
+        while n:
+            chunk = self.sock.recv(min(n, 1 << 20))
+            assert chunk, "the daemon closed the connection"
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+#: A reply far bigger than a Unix socket's buffers: while its peer does not
+#: read, the connection stays busy sending it.
+BIG_BODY = "x" * (4 * 1024 * 1024)
+
+
+async def _three_big_commands_in_flight(
+    start_server: Any, fake: Any, paths: Any, until: Any
+) -> tuple[Any, SpPeer, trio.Event]:
+    """A server whose ``messages`` answer BIG_BODY when released, and one UI
+    connection with three of them in flight."""
+    release = trio.Event()
+
+    async def big(req: s.Request) -> s.Result:
+        assert isinstance(req, s.Messages)
+        await release.wait()
+        message = s.MessageInfo(
+            event_id="$e", room_id=req.room_id, sender="@b:hs", body=BIG_BODY, ts=0, status="sent"
+        )
+        return s.MessagesResult(messages=[message])
+
+    fake.overrides[s.Messages] = big
+    running = await start_server(fake.handle)
+    ui = await trio.to_thread.run_sync(SpPeer, paths.command_socket)
+    for i in (1, 2, 3):
+        ui.send(i, codec.encode_request(s.Messages(room_id=f"!r{i}:hs")))
+    await until(lambda: running.server.statistics().in_flight == 3)
+    return running, ui, release
+
+
+async def test_replies_to_a_busy_connection_wait_in_nng_and_all_arrive(
+    start_server: Any, fake: Any, paths: Any, until: Any, call: Any
+) -> None:
+    running, ui, release = await _three_big_commands_in_flight(start_server, fake, paths, until)
+    try:
+        release.set()
+        # The first reply fills the socket, nobody reads it yet: the other
+        # two wait in nng, each in its own context.
+        await until(lambda: running.server.statistics().queued_replies == 2)
+        # Meanwhile other UIs are answered.
+        assert isinstance(await call(s.Status()), s.StatusResult)
+        replies = [await trio.to_thread.run_sync(ui.recv) for _ in range(3)]
+    finally:
+        ui.close()
+    got = []
+    for request_id, reply in replies:
+        assert isinstance(reply.result, s.MessagesResult)
+        (message,) = reply.result.messages
+        assert message.body == BIG_BODY
+        got.append((request_id, message.room_id))
+    # Each went back to its own request (in the order the commands finished).
+    assert sorted(got) == [(1, "!r1:hs"), (2, "!r2:hs"), (3, "!r3:hs")]
+    assert running.server.statistics().dropped_replies == 0
+    # Their contexts are free again: as many commands as ever fit at once.
+    assert isinstance(await call(s.Status()), s.StatusResult)
+
+
+async def test_a_ui_that_stops_reading_loses_only_its_own_replies(
+    start_server: Any,
+    fake: Any,
+    paths: Any,
+    until: Any,
+    call: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(server_module, "REPLY_SEND_TIMEOUT_MS", 200)
+    running, ui, release = await _three_big_commands_in_flight(start_server, fake, paths, until)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            release.set()
+            # Nobody reads: the two replies nng held are given up, no
+            # context stays taken, and the daemon goes on.
+            await until(lambda: running.server.statistics().dropped_replies == 2)
+        assert running.server.statistics().queued_replies == 2
+        assert [e["event"] for e in logs].count("ipc.reply_dropped") == 2
+        assert isinstance(await call(s.Status()), s.StatusResult)
+        # The reply that was already on the connection still arrives.
+        request_id, reply = await trio.to_thread.run_sync(ui.recv)
+    finally:
+        ui.close()
+    assert isinstance(reply.result, s.MessagesResult)
+    assert reply.result.messages[0].room_id == f"!r{request_id}:hs"
 
 
 async def test_answer_now_answers_without_the_handler_or_passes_it_on(
