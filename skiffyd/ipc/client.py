@@ -156,18 +156,19 @@ class DaemonClient:
         with self._lock:
             self._connect_locked()
             sock = self._sock
-            path = self.socket_path
-            if not sock.pipes and not path.exists():
-                raise _not_running(path, "no socket")
+            if not sock.pipes and not self.socket_path.exists():
+                raise _not_running(self.socket_path, "no socket")
             try:
                 sock.send(data)
                 raw: bytes = sock.recv()
             except pynng.Timeout as exc:
+                path = self.socket_path
                 raise DaemonTimeoutError(
                     f"skiffyd did not answer within {self._timeout:g} s (socket {path})",
                     details={"socket": str(path), "timeout": self._timeout},
                 ) from exc
             except pynng.ConnectionReset as exc:
+                path = self.socket_path
                 raise DaemonNotRunningError(
                     f"the connection to skiffyd at {path} was lost before it answered; "
                     "check `skiffyd status`",
