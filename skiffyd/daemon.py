@@ -31,6 +31,7 @@ import shutil
 import signal
 import time
 import uuid
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import apsw
@@ -41,7 +42,14 @@ import trio
 import ipc_schema as wire
 from skiffyd import commands, credentials, logs
 from skiffyd.cache import Cache
-from skiffyd.cache.store import KEYINGS, CacheReader, CacheReads, ReaderBusy
+from skiffyd.cache.store import (
+    KEYINGS,
+    AnswerKey,
+    CacheReader,
+    CacheReads,
+    MessagesAnswer,
+    ReaderBusy,
+)
 from skiffyd.config import Paths, Settings
 from skiffyd.core.homeserver import normalize_homeserver
 from skiffyd.core.identifiers import check_room_id, check_room_id_or_alias, check_user_id
@@ -57,6 +65,7 @@ from skiffyd.errors import (
     SkiffyError,
     UnknownRoomError,
 )
+from skiffyd.ipc import codec
 from skiffyd.ipc.server import IpcServer
 from skiffyd.matrix import history, sso
 from skiffyd.matrix import session as matrix_session
@@ -84,6 +93,8 @@ CRYPTO_LOAD_WAIT_S = 30.0
 #: loop (about 6 µs of SQLite and decoding per row here), a bigger one on
 #: the cache thread (:meth:`Daemon.answer_now`).
 INLINE_READ_ROWS = 100
+#: Reply frames of small reads kept for reuse (:meth:`Daemon._messages_reply`).
+REPLY_MEMO = 8
 
 
 def _import_crypto() -> None:
@@ -176,6 +187,9 @@ class Daemon:
         self._sso_flows: dict[str, sso.SsoFlow] = {}
         self.settings = Settings()
         self._requests = 0
+        #: (room, limit) -> (the reader's answer, its reply frame): see
+        #: :meth:`_messages_reply`; least recently used first.
+        self._replies: OrderedDict[AnswerKey, tuple[MessagesAnswer, bytes]] = OrderedDict()
         self._nursery: trio.Nursery | None = None
         self.server = IpcServer(
             paths, self.handle, instance_id=self.instance_id, answer_now=self.answer_now
@@ -604,17 +618,20 @@ class Daemon:
 
     # ----------------------------------------------------------- commands
 
-    def answer_now(self, request: wire.Request) -> wire.Result | None:
+    def answer_now(self, request: wire.Request) -> wire.Result | bytes | None:
         """The answer to a command that needs only memory and a small read of
-        the cache, made at once on the event loop; None: the command takes
-        the usual way (:meth:`handle`, in a task of its own).
+        the cache, made at once on the event loop (a ``Messages`` answer as
+        its reply frame, already encoded); None: the command takes the usual
+        way (:meth:`handle`, in a task of its own).
 
         The IPC server asks this before it starts a task for a command: the
         task, and a hop to the cache thread, cost more than such a read
         (docs/benchmarks-ipc.md). A small read goes through the session's
         reader, which sees the last committed state even while a sync's
         transaction is open on the cache thread (WAL); if SQLite is busy the
-        command takes the usual way.
+        command takes the usual way. When the reader reuses an answer (the
+        same object: nothing was committed since), so is its reply frame
+        (:meth:`_messages_reply`).
         """
         s = self.session
         try:
@@ -627,11 +644,32 @@ class Daemon:
                 case wire.Messages() if s is not None and request.limit <= INLINE_READ_ROWS:
                     check_room_id(request.room_id)
                     room_id, limit = request.room_id, max(1, request.limit)
-                    messages, gaps = s.reader.read(lambda c: c.messages(room_id, limit))
-                    return wire.MessagesResult(messages=messages, gaps=gaps)
+                    answer = s.reader.read(lambda c: c.messages(room_id, limit))
+                    return self._messages_reply((room_id, limit), answer)
         except ReaderBusy:
             log.info("cache.reader_busy", cmd=type(request).__struct_config__.tag)
         return None
+
+    def _messages_reply(self, key: AnswerKey, answer: MessagesAnswer) -> bytes:
+        """The reply frame of ``answer``, made once per answer object.
+
+        The reader hands out the same answer object for as long as it
+        reuses it (and never changes one), so a frame made from it stays
+        right; the memo holds the answer itself, so its identity cannot
+        pass to a new object. At most :data:`REPLY_MEMO` frames, the most
+        recently used, each of at most :data:`INLINE_READ_ROWS` messages.
+        """
+        memo = self._replies.get(key)
+        if memo is not None and memo[0] is answer:
+            self._replies.move_to_end(key)
+            return memo[1]
+        messages, gaps = answer
+        frame = codec.result_reply(wire.MessagesResult(messages=messages, gaps=gaps))
+        self._replies[key] = (answer, frame)
+        self._replies.move_to_end(key)
+        while len(self._replies) > REPLY_MEMO:
+            self._replies.popitem(last=False)
+        return frame
 
     async def handle(self, request: wire.Request) -> wire.Result:
         """One IPC command; its log lines carry a request id and the command."""

@@ -18,8 +18,9 @@ from skiffyd.cache.store import (
     ReaderBusy,
 )
 from skiffyd.core.sync import RoomSync, SyncPlan
-from skiffyd.daemon import INLINE_READ_ROWS, Daemon
+from skiffyd.daemon import INLINE_READ_ROWS, REPLY_MEMO, Daemon
 from skiffyd.errors import SkiffyError, UnknownRoomError
+from skiffyd.ipc import codec
 from tests.cache.test_store import _msg
 from tests.ipc.conftest import short_paths
 
@@ -28,6 +29,15 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 ROOM = "!room:x"
+
+
+def _messages(frame: object) -> wire.MessagesResult:
+    """The MessagesResult in a reply frame from answer_now."""
+    assert isinstance(frame, bytes)
+    reply = codec.decode_reply(frame)
+    assert reply.error is None
+    assert isinstance(reply.result, wire.MessagesResult)
+    return reply.result
 
 
 class _Reader:
@@ -89,22 +99,21 @@ async def test_small_reads_are_answered_at_once_through_the_reader(
     d, cache, real = daemon
     reader = _Reader(real)
     d.session = _session(cache, reader)
-    answer = d.answer_now(wire.Messages(room_id=ROOM, limit=INLINE_READ_ROWS))
-    assert isinstance(answer, wire.MessagesResult)
+    frame = d.answer_now(wire.Messages(room_id=ROOM, limit=INLINE_READ_ROWS))
+    answer = _messages(frame)
     assert [m.body for m in answer.messages] == ["one"]
     status = d.answer_now(wire.Status())
     assert isinstance(status, wire.StatusResult)
     assert (status.user_id, status.pending_outbox, status.last_seq) == ("@me:x", 0, 2)
     assert reader.reads == 2
-    # The same read again is the same answer; after a commit, the new one.
+    # The same read again is the same answer, down to its frame; after a
+    # commit, the new one.
     again = d.answer_now(wire.Messages(room_id=ROOM, limit=INLINE_READ_ROWS))
-    assert isinstance(again, wire.MessagesResult)
-    assert again.messages is answer.messages
+    assert again is frame
     cache.apply_sync(
         SyncPlan(next_batch="s2", rooms=[RoomSync(ROOM, {}, items=[_msg("$2", "two")])])
     )
-    after = d.answer_now(wire.Messages(room_id=ROOM, limit=INLINE_READ_ROWS))
-    assert isinstance(after, wire.MessagesResult)
+    after = _messages(d.answer_now(wire.Messages(room_id=ROOM, limit=INLINE_READ_ROWS)))
     assert [m.event_id for m in after.messages] == ["$1", "$2"]
     # Not small, not logged in, or a bad room: the usual way (or its error).
     assert d.answer_now(wire.Messages(room_id=ROOM, limit=INLINE_READ_ROWS + 1)) is None
@@ -117,6 +126,33 @@ async def test_small_reads_are_answered_at_once_through_the_reader(
         d.answer_now(wire.Messages(room_id="!elsewhere:x", limit=5))
     d.session = None
     assert d.answer_now(wire.Messages(room_id=ROOM, limit=5)) is None
+
+
+async def test_reply_frames_are_made_once_per_answer_and_bounded(
+    daemon: tuple[Daemon, Cache, CacheReader],
+) -> None:
+    d, cache, real = daemon
+    d.session = _session(cache, real)
+    first = d.answer_now(wire.Messages(room_id=ROOM, limit=1))
+    # The frame is the answer's own encoding, as a fresh read gives it.
+    messages, gaps = cache.messages(ROOM, 1)
+    assert first == codec.result_reply(wire.MessagesResult(messages=messages, gaps=gaps))
+    assert d.answer_now(wire.Messages(room_id=ROOM, limit=1)) is first
+    # At most REPLY_MEMO frames, the most recently used.
+    for limit in range(2, REPLY_MEMO + 2):
+        d.answer_now(wire.Messages(room_id=ROOM, limit=limit))
+    assert len(d._replies) == REPLY_MEMO
+    assert (ROOM, 1) not in d._replies
+    again = d.answer_now(wire.Messages(room_id=ROOM, limit=1))
+    assert again == first
+    assert again is not first
+    # A reader that keeps no answers hands out a new one every time: each
+    # gets its own frame, never one made for another object.
+    d.session = _session(cache, CacheReader(real._conn, answer_rows=0))
+    one = d.answer_now(wire.Messages(room_id=ROOM, limit=1))
+    two = d.answer_now(wire.Messages(room_id=ROOM, limit=1))
+    assert one == two == first
+    assert one is not two
 
 
 async def test_a_busy_reader_sends_the_command_the_usual_way(
@@ -171,9 +207,8 @@ async def test_a_write_through_db_leaves_the_rooms_uis_read_answered_from_memory
     monkeypatch.setattr(real, "adopt", adopt_checked)
 
     def bodies() -> list[str]:
-        answer = d.answer_now(wire.Messages(room_id=ROOM, limit=5))
-        assert isinstance(answer, wire.MessagesResult)
-        return [m.body for m in answer.messages]
+        result = _messages(d.answer_now(wire.Messages(room_id=ROOM, limit=5)))
+        return [m.body for m in result.messages]
 
     # Nothing read yet: a write makes nothing.
     await d.db(cache.apply_sync, SyncPlan(next_batch="s2", rooms=[RoomSync(ROOM, {}, items=[])]))

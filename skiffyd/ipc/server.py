@@ -150,8 +150,9 @@ DRAIN_CHECKPOINT = 16
 SOCKET_MODE = 0o600
 
 Handler = Callable[[ipc_schema.Request], Awaitable[ipc_schema.Result]]
-#: Answers a command at once, on the event loop, or says None (see IpcServer).
-AnswerNow = Callable[[ipc_schema.Request], "ipc_schema.Result | None"]
+#: Answers a command at once, on the event loop (with a Result, or with its
+#: reply frame already encoded: bytes), or says None (see IpcServer).
+AnswerNow = Callable[[ipc_schema.Request], "ipc_schema.Result | bytes | None"]
 
 _RESULT_TYPES: tuple[type, ...] = ipc_schema.Result.__args__
 _EVENT_TYPES: tuple[type, ...] = ipc_schema.Event.__args__
@@ -455,7 +456,7 @@ class IpcServer:
             result = self._answer_now(request)
             if result is None:
                 return None
-            reply = _result_reply("answer_now", result)
+            reply = result if isinstance(result, bytes) else _result_reply("answer_now", result)
         except Exception as exc:
             reply = self._error_reply(type(request).__struct_config__.tag, exc)
         self._served += 1

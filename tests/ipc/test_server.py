@@ -445,11 +445,15 @@ async def test_answer_now_answers_without_the_handler_or_passes_it_on(
     secret = "never-logged-either"
     asked: list[s.Request] = []
 
-    def answer_now(req: s.Request) -> s.Result | None:
+    framed = s.MessagesResult(messages=[], gaps=[s.GapInfo(after=None, before="$framed")])
+
+    def answer_now(req: s.Request) -> s.Result | bytes | None:
         asked.append(req)
         match req:
             case s.Status():
                 return s.StatusResult(state="syncing", instance_id="from-answer-now")
+            case s.Messages(room_id="!framed:hs"):
+                return codec.result_reply(framed)  # a reply frame made beforehand
             case s.Messages(room_id="!bad:hs"):
                 raise NotLoggedInError("log in first", details={"hint": "skiffyd login"})
             case s.Messages(room_id="!crash:hs"):
@@ -466,6 +470,7 @@ async def test_answer_now_answers_without_the_handler_or_passes_it_on(
         assert fake.received == []
         assert await call(s.Rooms()) == ROUND_TRIPS[4][1]
         assert fake.received == [s.Rooms()]
+        assert await call(s.Messages(room_id="!framed:hs")) == framed
         with pytest.raises(SkiffyError) as info:
             await call(s.Messages(room_id="!bad:hs"))
         assert (info.value.code, info.value.details) == (
@@ -482,18 +487,19 @@ async def test_answer_now_answers_without_the_handler_or_passes_it_on(
         "Messages",
         "Messages",
         "Messages",
+        "Messages",
     ]
     assert fake.received == [s.Rooms()]
     crashes = [e for e in logs if e["event"] == "ipc.command_crashed"]
     assert [e["error_type"] for e in crashes] == ["KeyError", "TypeError"]
     assert secret not in repr(logs)
-    assert running.server.statistics().served == 5
+    assert running.server.statistics().served == 6
     # Shutting down: answered as such, answer_now not asked.
     running.server.stop_accepting()
     with pytest.raises(SkiffyError) as info:
         await call(s.Status())
     assert info.value.code == s.ErrorCode.DAEMON_SHUTTING_DOWN
-    assert len(asked) == 5
+    assert len(asked) == 6
 
 
 async def test_stop_accepting_answers_shutting_down(server: IpcServer, call: Any) -> None:
