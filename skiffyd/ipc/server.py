@@ -230,7 +230,6 @@ class IpcServer:
         self._token: trio.lowlevel.TrioToken | None = None
 
         self._in_flight = 0
-        self._tasks = 0  # command tasks, including those that only answer an error
         self._idle = trio.Event()
         self._idle.set()
         self._served = 0
@@ -387,7 +386,6 @@ class IpcServer:
                     idle.deadline = min(idle.deadline, trio.current_time() + SENDING_CHECK_S)
 
         def done(slot: _Slot) -> None:
-            self._tasks -= 1
             release(slot)
             slot_free.set()
 
@@ -431,7 +429,6 @@ class IpcServer:
                         self._reply(slot, request)
                         release(slot)
                     else:
-                        self._tasks += 1
                         nursery.start_soon(self._command, slot, request, done)
                     if taken % DRAIN_CHECKPOINT == 0:
                         # A long burst still lets the commands (and the rest of

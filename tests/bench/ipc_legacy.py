@@ -39,6 +39,9 @@ REPLY_RETRY_DELAY = 0.001
 
 
 class RawIpcServer(IpcServer):
+    #: Command tasks running (the raw design's back pressure).
+    _tasks = 0
+
     def _command_socket(self) -> Any:
         """The command socket: Rep0 in raw mode (see the module docstring)."""
         return pynng.Rep0(
