@@ -216,7 +216,10 @@ class Daemon:
         async with self._limiter:
             result, answers = await trio.to_thread.run_sync(s.cache.run_then_answer, fn, args, keys)
             if answers:
-                s.reader.adopt(answers)
+                # And their reply frames, for the reads the events will bring.
+                for key in s.reader.adopt(answers):
+                    if key[1] <= INLINE_READ_ROWS:
+                        self._messages_reply(key, answers[key])
         return result
 
     def publish(self, events: Sequence[wire.Event]) -> None:

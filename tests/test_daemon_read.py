@@ -55,8 +55,8 @@ class _Reader:
     def watched(self) -> list[AnswerKey]:
         return self.inner.watched()
 
-    def adopt(self, answers: dict[AnswerKey, MessagesAnswer]) -> None:
-        self.inner.adopt(answers)
+    def adopt(self, answers: dict[AnswerKey, MessagesAnswer]) -> list[AnswerKey]:
+        return self.inner.adopt(answers)
 
 
 @pytest.fixture
@@ -200,9 +200,9 @@ async def test_a_write_through_db_leaves_the_rooms_uis_read_answered_from_memory
     held: list[int] = []
     adopt = real.adopt
 
-    def adopt_checked(answers: Any) -> None:
+    def adopt_checked(answers: Any) -> Any:
         held.append(d._limiter.statistics().borrowed_tokens)
-        adopt(answers)
+        return adopt(answers)
 
     monkeypatch.setattr(real, "adopt", adopt_checked)
 
@@ -223,6 +223,9 @@ async def test_a_write_through_db_leaves_the_rooms_uis_read_answered_from_memory
     assert [type(e) for e in events] == [wire.MessageAdded]
     assert made == [[(ROOM, 5)]]
     assert held == [1]
+    # Its reply frame is made then too, before the events go out.
+    frame = d._replies[(ROOM, 5)][1]
+    assert d.answer_now(wire.Messages(room_id=ROOM, limit=5)) is frame
     assert bodies() == ["one", "two"]
     assert sqlite_reads == [(ROOM, 5)]  # the answer was made on the cache thread
 

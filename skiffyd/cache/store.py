@@ -2257,7 +2257,7 @@ class CacheReader(CacheReads):
             keys.append(key)
         return keys
 
-    def adopt(self, answers: dict[AnswerKey, MessagesAnswer]) -> None:
+    def adopt(self, answers: dict[AnswerKey, MessagesAnswer]) -> list[AnswerKey]:
         """Keep ``answers``, made by the writer after its last commit
         (:meth:`Cache.run_then_answer`), as current.
 
@@ -2269,15 +2269,20 @@ class CacheReader(CacheReads):
         commit changes it, and they go stale like any answer. Only keys
         still kept are taken, in their place in the LRU order. If SQLite
         cannot start a read (busy), none is taken: the next read reads.
+        Returns the keys taken.
         """
         try:
             version = self.data_version()
         except apsw.Error:
-            return
+            return []
+        taken: list[AnswerKey] = []
         for key, answer in answers.items():
             kept = self._answers.get(key)
             if kept is not None:
                 self._put(key, (version, answer, kept[2]), last=False)
+                if key in self._answers:  # not if it outgrew the bound on its own
+                    taken.append(key)
+        return taken
 
     def _put(self, key: AnswerKey, entry: tuple[int, MessagesAnswer, float], *, last: bool) -> None:
         """Keep ``entry`` under ``key``: as the most recently used

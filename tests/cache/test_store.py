@@ -258,7 +258,8 @@ def test_a_write_makes_the_answers_last_asked_for_again(
             assert answer == fresh.read(lambda c, k=k: c.messages(*k))
         assert [m.body for m in answers[(ROOM, 10)][0]] == ["one", "two", "three"]
 
-        reader.adopt({**answers, (ROOM, 3): answers[(ROOM, 1)]})
+        taken = reader.adopt({**answers, (ROOM, 3): answers[(ROOM, 1)]})
+        assert sorted(taken) == [(ROOM, 1), (ROOM, 10)]
         assert reader.read(lambda c: c.messages(ROOM, 10)) is answers[(ROOM, 10)]
         assert reader.read(lambda c: c.messages(ROOM, 1)) is answers[(ROOM, 1)]
         assert (ROOM, 3) not in reader._answers  # not asked for: not taken
@@ -307,7 +308,7 @@ def test_adopted_answers_keep_the_bound_and_their_place(tmp_path: Path, key: str
                 (_plan("s3", _msg("$6", "six"), _msg("$7", "seven")),),
                 [(ROOM, 7), (ROOM, 1)],
             )
-            small.adopt(grown)
+            assert small.adopt(grown) == [(ROOM, 1)]
             assert list(small._answers) == [(ROOM, 1)]
             assert small._answer_rows == 1
             assert small.read(lambda c: c.messages(ROOM, 1)) is grown[(ROOM, 1)]
