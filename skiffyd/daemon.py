@@ -609,6 +609,7 @@ class Daemon:
         # The reader is only used on this thread, between awaits: closed here
         # no read can be running on it.
         session.reader.close()
+        self._replies.clear()  # its answers' frames: nothing of it stays in memory
         with trio.CancelScope(shield=True):
             await self.db(session.cache.close)
             if session.crypto is not None:

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import trio
 
 import ipc_schema as wire
 from skiffyd.cache import Cache
@@ -153,6 +154,22 @@ async def test_reply_frames_are_made_once_per_answer_and_bounded(
     two = d.answer_now(wire.Messages(room_id=ROOM, limit=1))
     assert one == two == first
     assert one is not two
+
+
+async def test_closing_the_session_drops_its_reply_frames(
+    daemon: tuple[Daemon, Cache, CacheReader],
+) -> None:
+    d, cache, real = daemon
+    session = _session(cache, real)
+    session.cancel_scope = trio.CancelScope()
+    session.transport = SimpleNamespace(aclose=trio.lowlevel.checkpoint)
+    d.session = session
+    assert isinstance(d.answer_now(wire.Messages(room_id=ROOM, limit=5)), bytes)
+    assert d._replies
+    await d._close_session(session)
+    # No message of a closed session is kept in the daemon's memory.
+    assert not d._replies
+    assert d.session is None
 
 
 async def test_a_busy_reader_sends_the_command_the_usual_way(
