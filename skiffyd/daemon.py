@@ -215,11 +215,12 @@ class Daemon:
             return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
         async with self._limiter:
             result, answers = await trio.to_thread.run_sync(s.cache.run_then_answer, fn, args, keys)
-            if answers:
-                # And their reply frames, for the reads the events will bring.
-                for key in s.reader.adopt(answers):
-                    if key[1] <= INLINE_READ_ROWS:
-                        self._messages_reply(key, answers[key])
+            taken = s.reader.adopt(answers) if answers else []
+        # And their reply frames, for the reads the events will bring (no
+        # need for the limiter: a frame belongs to its answer object).
+        for key in taken:
+            if key[1] <= INLINE_READ_ROWS:
+                self._messages_reply(key, answers[key])
         return result
 
     def publish(self, events: Sequence[wire.Event]) -> None:
