@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import signal
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -89,9 +90,9 @@ T = TypeVar("T")
 
 #: How long an E2EE command waits for the crypto machine after a start.
 CRYPTO_LOAD_WAIT_S = 30.0
-#: A ``Messages`` read of at most this many rows is answered on the event
-#: loop (about 6 µs of SQLite and decoding per row here), a bigger one on
-#: the cache thread (:meth:`Daemon.answer_now`).
+#: A ``Messages`` read of at most this many rows is answered on the IPC
+#: server's command thread (about 6 µs of SQLite and decoding per row here),
+#: a bigger one on the cache thread (:meth:`Daemon.answer_now`).
 INLINE_READ_ROWS = 100
 #: Reply frames of small reads kept for reuse (:meth:`Daemon._messages_reply`).
 REPLY_MEMO = 8
@@ -149,7 +150,8 @@ class AccountSession:
     ) -> None:
         self.tokens = tokens
         self.cache = cache
-        #: Small reads on the event loop (:meth:`Daemon.answer_now`).
+        #: Small reads, on the IPC command thread (:meth:`Daemon.answer_now`)
+        #: and the event loop, only under :attr:`Daemon.reads`.
         self.reader = reader
         self.transport = transport
         self.crypto: Crypto | None = None
@@ -187,6 +189,11 @@ class Daemon:
         self._sso_flows: dict[str, sso.SsoFlow] = {}
         self.settings = Settings()
         self._requests = 0
+        #: Held around every use of the session's reader and of
+        #: :attr:`_replies`, and while the session is set or cleared: the IPC
+        #: server's command thread reads through them too (:meth:`answer_now`).
+        #: Held only for work without an await, never for long.
+        self.reads = threading.Lock()
         #: (room, limit) -> (the reader's answer, its reply frame): see
         #: :meth:`_messages_reply`; least recently used first.
         self._replies: OrderedDict[AnswerKey, tuple[MessagesAnswer, bytes]] = OrderedDict()
@@ -210,17 +217,20 @@ class Daemon:
         cache goes through here.
         """
         s = self.session
-        keys = s.reader.watched() if s is not None else []
+        with self.reads:
+            keys = s.reader.watched() if s is not None else []
         if not keys or s is None:
             return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
         async with self._limiter:
             result, answers = await trio.to_thread.run_sync(s.cache.run_then_answer, fn, args, keys)
-            taken = s.reader.adopt(answers) if answers else []
+            with self.reads:
+                taken = s.reader.adopt(answers) if answers and self.session is s else []
         # And their reply frames, for the reads the events will bring (no
         # need for the limiter: a frame belongs to its answer object).
-        for key in taken:
-            if key[1] <= INLINE_READ_ROWS:
-                self._messages_reply(key, answers[key])
+        with self.reads:
+            for key in taken:
+                if key[1] <= INLINE_READ_ROWS and self.session is s:
+                    self._messages_reply(key, answers[key])
         return result
 
     def publish(self, events: Sequence[wire.Event]) -> None:
@@ -381,7 +391,8 @@ class Daemon:
         # The cache is served from here on: reads do not wait for the crypto
         # machine (loading nio and its store is most of a warm start), only
         # the network services do (:meth:`_run_session`).
-        self.session = session
+        with self.reads:
+            self.session = session
         # The instance id names the change log: the same across restarts (UIs
         # catch up by seq), new with a new cache (UIs are told to reload).
         self.instance_id = await self.db(lambda: cache.log_id)
@@ -605,12 +616,11 @@ class Daemon:
 
     async def _close_session(self, session: AccountSession) -> None:
         session.cancel_scope.cancel()
-        if self.session is session:
-            self.session = None
-        # The reader is only used on this thread, between awaits: closed here
-        # no read can be running on it.
-        session.reader.close()
-        self._replies.clear()  # its answers' frames: nothing of it stays in memory
+        with self.reads:  # no read is running on the reader, and none will
+            if self.session is session:
+                self.session = None
+            session.reader.close()
+            self._replies.clear()  # its answers' frames: nothing of it stays in memory
         with trio.CancelScope(shield=True):
             await self.db(session.cache.close)
             if session.crypto is not None:
@@ -623,37 +633,37 @@ class Daemon:
 
     # ----------------------------------------------------------- commands
 
-    def answer_now(self, request: wire.Request) -> wire.Result | bytes | None:
-        """The answer to a command that needs only memory and a small read of
-        the cache, made at once on the event loop (a ``Messages`` answer as
-        its reply frame, already encoded); None: the command takes the usual
-        way (:meth:`handle`, in a task of its own).
+    def answer_now(self, request: wire.Request) -> bytes | None:
+        """The reply frame to a small ``Messages`` read, made at once; None:
+        the command takes the usual way (:meth:`handle`, in a task of its own
+        on the event loop).
 
-        The IPC server asks this before it starts a task for a command: the
-        task, and a hop to the cache thread, cost more than such a read
-        (docs/benchmarks-ipc.md). A small read goes through the session's
-        reader, which sees the last committed state even while a sync's
-        transaction is open on the cache thread (WAL); if SQLite is busy the
-        command takes the usual way. When the reader reuses an answer (the
-        same object: nothing was committed since), so is its reply frame
-        (:meth:`_messages_reply`).
+        Called by the IPC server on its command thread, the moment a request
+        is decoded, not on the event loop: a task and the hops to the event
+        loop and to the cache thread cost more than such a read
+        (docs/benchmarks-ipc.md). The read goes through the session's reader,
+        which sees the last committed state even while a sync's transaction
+        is open on the cache thread (WAL); if SQLite is busy the command takes
+        the usual way. When the reader reuses an answer (the same object:
+        nothing was committed since), so is its reply frame
+        (:meth:`_messages_reply`). Everything here runs under :attr:`reads`,
+        which the event loop holds while it adopts answers or sets or clears
+        the session; the rest of the daemon's state is not touched.
         """
-        s = self.session
-        try:
-            match request:
-                case wire.Hello():
-                    return self._hello(request)
-                case wire.Status():
-                    pending = s.reader.read(CacheReads.outbox_count) if s else 0
-                    return self._status_result(pending)
-                case wire.Messages() if s is not None and request.limit <= INLINE_READ_ROWS:
-                    check_room_id(request.room_id)
-                    room_id, limit = request.room_id, max(1, request.limit)
-                    answer = s.reader.read(lambda c: c.messages(room_id, limit))
-                    return self._messages_reply((room_id, limit), answer)
-        except ReaderBusy:
-            log.info("cache.reader_busy", cmd=type(request).__struct_config__.tag)
-        return None
+        if not isinstance(request, wire.Messages) or request.limit > INLINE_READ_ROWS:
+            return None
+        check_room_id(request.room_id)
+        room_id, limit = request.room_id, max(1, request.limit)
+        with self.reads:
+            s = self.session
+            if s is None:
+                return None
+            try:
+                answer = s.reader.read(lambda c: c.messages(room_id, limit))
+            except ReaderBusy:
+                log.info("cache.reader_busy", cmd="messages")
+                return None
+            return self._messages_reply((room_id, limit), answer)
 
     def _messages_reply(self, key: AnswerKey, answer: MessagesAnswer) -> bytes:
         """The reply frame of ``answer``, made once per answer object.
@@ -816,7 +826,14 @@ class Daemon:
 
     async def _status(self) -> wire.StatusResult:
         s = self.session
-        return self._status_result(await self.db(s.cache.outbox_count) if s else 0)
+        if s is None:
+            return self._status_result(0)
+        try:  # the reader: an answer even while a long sync holds the cache thread
+            with self.reads:
+                pending = s.reader.read(CacheReads.outbox_count)
+        except ReaderBusy:
+            pending = await self.db(s.cache.outbox_count)
+        return self._status_result(pending)
 
     def _status_result(self, pending: int) -> wire.StatusResult:
         s = self.session

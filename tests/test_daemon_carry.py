@@ -215,8 +215,8 @@ async def test_a_login_whose_session_cannot_start_says_why(
     assert "No space left on device" in (daemon.last_error or "")
 
 
-def _kept_in_status(daemon: Daemon) -> KeptOutbox | None:
-    status = daemon.answer_now(Status())
+async def _kept_in_status(daemon: Daemon) -> KeptOutbox | None:
+    status = await daemon.handle(Status())
     assert isinstance(status, StatusResult)
     return status.kept_outbox
 
@@ -231,15 +231,15 @@ async def test_status_names_a_kept_outbox_after_a_restart_whoever_is_logged_in(
     for pointer in (None, "@other:x"):
         daemon = Daemon(short_paths(tmp_path))
         daemon._write_pointer(pointer)
-        assert _kept_in_status(daemon) is None  # not read yet
+        assert await _kept_in_status(daemon) is None  # not read yet
         await daemon._resume()
-        assert _kept_in_status(daemon) == KeptOutbox(user_id=ME, items=3)
+        assert await _kept_in_status(daemon) == KeptOutbox(user_id=ME, items=3)
     # A note that cannot be read is only a warning: the start goes on.
     note = daemon.paths.kept_outbox_note
     note.unlink()
     note.mkdir()
     await daemon._resume()
-    assert _kept_in_status(daemon) is None
+    assert await _kept_in_status(daemon) is None
 
 
 async def test_forget_account_counts_the_kept_outbox_first(
@@ -258,7 +258,7 @@ async def test_forget_account_counts_the_kept_outbox_first(
     _cache_with_queued(account / "cache.db", key, 2)
     daemon._write_kept_note(ME, 2)
     daemon.set_state("logged_out", "2 unsent outbox items kept")
-    assert _kept_in_status(daemon) == KeptOutbox(user_id=ME, items=2)
+    assert await _kept_in_status(daemon) == KeptOutbox(user_id=ME, items=2)
     store = {ME: _creds(key)}
     monkeypatch.setattr(credentials, "load", store.get)
     monkeypatch.setattr(credentials, "delete", store.pop)
@@ -277,7 +277,7 @@ async def test_forget_account_counts_the_kept_outbox_first(
     assert store == {}
     assert daemon.paths.read_kept_outbox() is None
     assert (daemon.state, daemon.last_error) == ("logged_out", None)
-    assert _kept_in_status(daemon) is None
+    assert await _kept_in_status(daemon) is None
     again = await daemon._forget_account(ForgetAccount(user_id=ME))
     assert (again.found, again.discarded) == (False, 0)
 

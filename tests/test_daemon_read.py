@@ -1,8 +1,11 @@
-"""Daemon.answer_now: small reads answered on the event loop through the reader."""
+"""Daemon.answer_now: small reads answered at once (on the IPC server's
+command thread) through the reader; status through it on the event loop."""
 
 from __future__ import annotations
 
+import itertools
 import secrets
+import threading
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +26,7 @@ from skiffyd.daemon import INLINE_READ_ROWS, REPLY_MEMO, Daemon
 from skiffyd.errors import SkiffyError, UnknownRoomError
 from skiffyd.ipc import codec
 from tests.cache.test_store import _msg
-from tests.ipc.conftest import short_paths
+from tests.ipc.conftest import short_paths, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -103,7 +106,8 @@ async def test_small_reads_are_answered_at_once_through_the_reader(
     frame = d.answer_now(wire.Messages(room_id=ROOM, limit=INLINE_READ_ROWS))
     answer = _messages(frame)
     assert [m.body for m in answer.messages] == ["one"]
-    status = d.answer_now(wire.Status())
+    assert d.answer_now(wire.Status()) is None  # on the event loop, through the reader:
+    status = await d.handle(wire.Status())
     assert isinstance(status, wire.StatusResult)
     assert (status.user_id, status.pending_outbox, status.last_seq) == ("@me:x", 0, 2)
     assert reader.reads == 2
@@ -257,3 +261,60 @@ async def test_a_write_through_db_leaves_the_rooms_uis_read_answered_from_memory
     )
     assert bodies() == ["one", "two", "three"]
     assert sqlite_reads == [(ROOM, 5), (ROOM, 5)]
+
+
+async def test_reads_on_the_command_thread_take_turns_with_the_event_loop(
+    daemon: tuple[Daemon, Cache, CacheReader],
+) -> None:
+    """answer_now runs on the IPC server's command thread. Its reads, the
+    event loop's reads (status) and the adoptions after each write share
+    the reader under Daemon.reads: every answer is a whole committed state,
+    never older than the one before, and nothing fails."""
+    d, cache, real = daemon
+    d.session = _session(cache, real)
+    writes = INLINE_READ_ROWS - 10  # every message fits in one small read
+    request = wire.Messages(room_id=ROOM, limit=INLINE_READ_ROWS)
+    stop = threading.Event()
+    frames: list[bytes | None] = []
+    failures: list[BaseException] = []
+
+    def read_until_stopped() -> None:
+        try:
+            while not stop.is_set():
+                frames.append(d.answer_now(request))
+        except BaseException as exc:
+            failures.append(exc)
+
+    def has_all() -> bool:
+        frame = frames[-1] if frames else None
+        return bool(failures) or (frame is not None and len(_messages(frame).messages) > writes)
+
+    thread = threading.Thread(target=read_until_stopped)
+    thread.start()
+    try:
+        await wait_until(lambda: bool(frames or failures))
+        for i in range(writes):
+            plan = SyncPlan(
+                next_batch=f"w{i}", rooms=[RoomSync(ROOM, {}, items=[_msg(f"$m{i}", f"m{i}")])]
+            )
+            await d.db(cache.apply_sync, plan)
+            for _ in range(5):
+                status = await d.handle(wire.Status())
+                assert isinstance(status, wire.StatusResult)
+                assert status.pending_outbox == 0
+        await wait_until(has_all)
+    finally:
+        stop.set()
+        await trio.to_thread.run_sync(thread.join)
+    assert failures == []
+    # Decoded here, each distinct frame once (a reused answer is the same frame).
+    counts: dict[int, int] = {}
+    for frame in frames:
+        if id(frame) not in counts:
+            bodies = [m.body for m in _messages(frame).messages]
+            assert bodies == ["one"] + [f"m{i}" for i in range(len(bodies) - 1)]
+            counts[id(frame)] = len(bodies)
+    seen = [counts[id(frame)] for frame in frames]
+    assert seen[0] == 1
+    assert seen[-1] == writes + 1
+    assert all(a <= b for a, b in itertools.pairwise(seen))

@@ -92,10 +92,10 @@ sockets; nng removes the socket files when it closes the listeners, and
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import stat
 import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -140,13 +140,13 @@ MAX_SENDING = 128
 #: How long such a reply may wait for its connection before it is dropped
 #: (a UI that stopped reading its socket), ms.
 REPLY_SEND_TIMEOUT_MS = 5_000
-#: How often the reader looks whether such replies went out, when it waits
-#: for a context (nng does not say when they do).
+#: How often the command thread looks whether such replies went out, when
+#: it waits for a context (nng does not say when they do).
 SENDING_POLL_S = 0.001
-#: How often an idle reader looks whether they went out.
+#: How often the event loop looks whether they went out otherwise.
 SENDING_CHECK_S = 0.1
-#: Requests taken in one go before the reader lets other tasks run.
-DRAIN_CHECKPOINT = 16
+#: nng's "no timeout" for an aio.
+NNG_DURATION_INFINITE = -1
 SOCKET_MODE = 0o600
 
 Handler = Callable[[ipc_schema.Request], Awaitable[ipc_schema.Result]]
@@ -232,10 +232,13 @@ class IpcServer:
         self._in_flight = 0
         self._idle = trio.Event()
         self._idle.set()
-        self._served = 0
+        self._served = 0  # by the handler, on the event loop
+        self._served_now = 0  # by answer_now, on the command thread
         self._refused = 0
-        self._queued_replies = 0
-        self._dropped_replies = 0
+        self._dropped_replies = 0  # under the slots' lock
+        self._slots: _Slots | None = None
+        self._commands: trio.Nursery | None = None  # the command tasks' nursery
+        self._sending = trio.Event()
         self._subscribers = 0
         self._counter_lock = threading.Lock()  # nng threads bump _refused
         self._published_events = 0
@@ -366,88 +369,110 @@ class IpcServer:
         return pynng.Rep0(recv_max_size=NNG_RECV_MAX_BYTES)
 
     async def _serve_commands(self, rep: Any) -> None:
-        """Take requests off the Rep0 socket, each into a context of its own;
-        answer them at once or in a task each.
-
-        The socket's receive descriptor turns readable when requests wait;
-        they are then taken with receives that never wait until nng has none
-        left. Nothing in this path runs on an nng thread or crosses threads.
-        """
-        recv_fd: int = rep.recv_fd
+        """Run the command thread (:meth:`_take_commands`) until cancelled,
+        with the tasks of the commands it passes to the event loop."""
+        token = trio.lowlevel.current_trio_token()
         slots = _Slots(rep.socket, self._max_in_flight, self._reply_dropped)
-        slot_free = trio.Event()
-        idle: trio.CancelScope | None = None  # the reader's wait for requests
+        self._slots = slots
+        ended = trio.Event()
+        failure: list[BaseException] = []
 
-        def release(slot: _Slot) -> None:
-            if slots.release(slot):
-                self._queued_replies += 1
-                if idle is not None:
-                    # nng will not say when it sends the reply: look soon.
-                    idle.deadline = min(idle.deadline, trio.current_time() + SENDING_CHECK_S)
+        def run_thread() -> None:
+            try:
+                self._take_commands(slots, token)
+            except BaseException as exc:  # handed to the event loop, raised there
+                failure.append(exc)
+            finally:
+                with contextlib.suppress(trio.RunFinishedError):
+                    token.run_sync_soon(ended.set)
 
-        def done(slot: _Slot) -> None:
-            release(slot)
-            slot_free.set()
-
+        thread = threading.Thread(target=run_thread, name="skiffyd-ipc-commands", daemon=True)
         try:
             async with trio.open_nursery() as nursery:
-                taken = 0
-                while True:
-                    slot = slots.take()
-                    if slot is None:
-                        # Back pressure: every context holds a command, or a
-                        # reply nng has not sent yet; requests wait in nng.
-                        slot_free = trio.Event()
-                        with trio.move_on_after(SENDING_POLL_S if slots.sending else math.inf):
-                            await slot_free.wait()
-                        continue
-                    got = slot.receive()
-                    if isinstance(got, int):
-                        slots.put_back(slot)
-                        if got == lib.NNG_ETIMEDOUT:  # nothing waiting
-                            taken = 0
-                            # While nng holds replies, look now and then
-                            # whether they went out (take() reclaims them).
-                            deadline = math.inf
-                            if slots.sending:
-                                deadline = trio.current_time() + SENDING_CHECK_S
-                            with trio.CancelScope(deadline=deadline) as idle:
-                                await trio.lowlevel.wait_readable(recv_fd)
-                            idle = None
-                        elif got == lib.NNG_ECLOSED:
-                            return
-                        else:
-                            self._log.warning("ipc.recv_failed", error=_nng_error(got))
-                            await trio.sleep(0.01)
-                        continue
-                    taken += 1
-                    request = self._decode(got)
-                    if not isinstance(request, bytes) and self._answer_now is not None:
-                        request = self._try_answer_now(request) or request
-                    if isinstance(request, bytes):
-                        # Answered without a task: an error, or answer_now's answer.
-                        self._reply(slot, request)
-                        release(slot)
-                    else:
-                        nursery.start_soon(self._command, slot, request, done)
-                    if taken % DRAIN_CHECKPOINT == 0:
-                        # A long burst still lets the commands (and the rest of
-                        # the daemon) run.
-                        await trio.lowlevel.checkpoint()
+                self._commands = nursery
+                nursery.start_soon(self._watch_sending, slots)
+                thread.start()
+                try:
+                    await ended.wait()
+                finally:
+                    slots.stop()  # the thread's receive ends; it takes no more
+                    with trio.CancelScope(shield=True):
+                        await trio.to_thread.run_sync(thread.join)
+                if failure:
+                    raise failure[0]
+                raise DaemonError("the IPC command thread ended")  # only cancelling stops it
         finally:
+            self._commands = None
             slots.close()
 
-    async def _command(
-        self, slot: _Slot, request: ipc_schema.Request, done: Callable[[_Slot], None]
-    ) -> None:
+    def _take_commands(self, slots: _Slots, token: trio.lowlevel.TrioToken) -> None:
+        """The command thread: take each request into a context of its own,
+        answer it there (an error, or ``answer_now``) or pass it to the event
+        loop, until the slots are stopped."""
+        while True:
+            slot = slots.take()
+            if slot is None:
+                return  # stopped
+            got = slot.receive()
+            if isinstance(got, int):
+                slots.put_back(slot)
+                if slots.stopped or got == lib.NNG_ECLOSED:
+                    return
+                self._log.warning("ipc.recv_failed", error=_nng_error(got))
+                time.sleep(0.01)
+                continue
+            request = self._decode(got)
+            if not isinstance(request, bytes) and self._answer_now is not None:
+                request = self._try_answer_now(request) or request
+            if isinstance(request, bytes):
+                # Answered in this thread: an error, or answer_now's answer.
+                self._reply(slot, request)
+                if slots.release(slot):
+                    token.run_sync_soon(self._poke_sending)
+            else:
+                token.run_sync_soon(self._start_command, slot, request)
+
+    def _start_command(self, slot: _Slot, request: ipc_schema.Request) -> None:
+        """On the event loop: handle ``request`` in a task of its own."""
+        nursery = self._commands
+        try:
+            if nursery is None:
+                raise RuntimeError("not serving")
+            nursery.start_soon(self._command, slot, request)
+        except RuntimeError:  # the server is stopping: no reply
+            self._release(slot)
+
+    async def _command(self, slot: _Slot, request: ipc_schema.Request) -> None:
         """Handle ``request`` and reply in its context."""
         try:
             self._reply(slot, await self._handle(request))
         finally:
-            done(slot)
+            self._release(slot)
+
+    def _release(self, slot: _Slot) -> None:
+        """On the event loop: ``slot``'s command is done."""
+        slots = self._slots
+        if slots is not None and slots.release(slot):
+            self._poke_sending()
+
+    def _poke_sending(self) -> None:
+        """On the event loop: a reply was left to nng; look until it is sent."""
+        self._sending.set()
+
+    async def _watch_sending(self, slots: _Slots) -> None:
+        """Give back the contexts whose replies nng held, once it sent them
+        (nng does not say when: look every :data:`SENDING_CHECK_S`)."""
+        while True:
+            self._sending = trio.Event()
+            if slots.reclaim():
+                with trio.move_on_after(SENDING_CHECK_S):
+                    await self._sending.wait()
+            else:
+                await self._sending.wait()
 
     def _try_answer_now(self, request: ipc_schema.Request) -> bytes | None:
-        """``answer_now``'s reply to ``request``, or None when it has none."""
+        """``answer_now``'s reply to ``request``, or None when it has none.
+        On the command thread."""
         assert self._answer_now is not None
         try:
             result = self._answer_now(request)
@@ -456,7 +481,7 @@ class IpcServer:
             reply = result if isinstance(result, bytes) else _result_reply("answer_now", result)
         except Exception as exc:
             reply = self._error_reply(type(request).__struct_config__.tag, exc)
-        self._served += 1
+        self._served_now += 1  # only this thread counts these
         return reply
 
     def _reply(self, slot: _Slot, reply: bytes) -> None:
@@ -468,7 +493,8 @@ class IpcServer:
 
     def _reply_dropped(self, rv: int) -> None:
         """A reply nng gave back unsent: its connection stayed busy for
-        :data:`REPLY_SEND_TIMEOUT_MS` (a UI that stopped reading)."""
+        :data:`REPLY_SEND_TIMEOUT_MS` (a UI that stopped reading). Called
+        under the slots' lock, from either thread."""
         self._dropped_replies += 1
         self._log.warning("ipc.reply_dropped", error=_nng_error(rv))
 
@@ -605,9 +631,9 @@ class IpcServer:
     def statistics(self) -> IpcStatistics:
         return IpcStatistics(
             in_flight=self._in_flight,
-            served=self._served,
+            served=self._served + self._served_now,
             refused_peers=self._refused,
-            queued_replies=self._queued_replies,
+            queued_replies=self._slots.queued if self._slots is not None else 0,
             dropped_replies=self._dropped_replies,
             subscribers=self._subscribers,
             queued_events=len(self._queue),
@@ -620,15 +646,16 @@ class IpcServer:
 class _Slot:
     """One context of the command socket, with a receive and a send aio.
 
-    The aios have no callback: nng completes an operation in the calling
-    thread when it can (a receive when a request waits, a send when the
-    connection is free), so nothing runs on an nng thread or wakes one, and
-    nng never calls into Python. A receive never waits (timeout 0): with no
-    request waiting it fails at once with ``NNG_ETIMEDOUT``, and the reader
-    waits for the socket's receive descriptor instead. A send that finds its
-    connection still sending an earlier reply is queued by nng and finishes
-    later on nng's side; until then the slot is :attr:`sending` and is not
-    used again.
+    The aios have no callback, so nng never calls into Python. A receive
+    waits in the calling thread (the command thread, with the GIL released)
+    until a request comes for this context, nng completing the aio from its
+    own thread; it ends with ``NNG_ECLOSED`` when the context is closed
+    (:meth:`_Slots.stop`). A send never waits: nng writes the reply to its
+    connection in the calling thread when the connection is free; when it is
+    still sending an earlier reply, nng queues this one and finishes it later
+    on its side, and until then the slot is :attr:`sending` and is not used
+    again. A slot belongs to one thread at a time: the command thread while
+    it receives and answers, the event loop while a task handles the command.
     """
 
     __slots__ = ("_ctx", "_pending", "_recv", "_send")
@@ -638,7 +665,7 @@ class _Slot:
         check_err(lib.nng_ctx_open(ctx, sock))
         aios: list[Any] = []
         try:
-            for timeout_ms in (0, REPLY_SEND_TIMEOUT_MS):
+            for timeout_ms in (NNG_DURATION_INFINITE, REPLY_SEND_TIMEOUT_MS):
                 aio_p = ffi.new("nng_aio **")
                 check_err(lib.nng_aio_alloc(aio_p, ffi.NULL, ffi.NULL))
                 lib.nng_aio_set_timeout(aio_p[0], timeout_ms)
@@ -653,8 +680,8 @@ class _Slot:
         self._pending = False  # a send was started and not yet looked at
 
     def receive(self) -> bytes | int:
-        """The body of the next waiting request, or nng's error code
-        (``NNG_ETIMEDOUT``: none is waiting)."""
+        """The body of the next request for this context, when it comes, or
+        nng's error code (``NNG_ECLOSED``: the context or socket was closed)."""
         aio = self._recv
         lib.nng_ctx_recv(self._ctx[0], aio)
         lib.nng_aio_wait(aio)
@@ -700,11 +727,16 @@ class _Slot:
             lib.nng_msg_free(msg)
         return rv
 
-    def close(self) -> None:
+    def close_context(self) -> None:
+        """Close the context: a receive waiting on it ends with ``NNG_ECLOSED``,
+        and so does any later one. Safe from any thread, and twice."""
+        lib.nng_ctx_close(self._ctx[0])
+
+    def free(self) -> None:
+        """Free the aios; once no thread uses the slot any more."""
         lib.nng_aio_stop(self._recv)
         lib.nng_aio_stop(self._send)  # a queued reply is cancelled
         self.sent()
-        lib.nng_ctx_close(self._ctx[0])
         lib.nng_aio_free(self._recv)
         lib.nng_aio_free(self._send)
 
@@ -712,55 +744,83 @@ class _Slot:
 class _Slots:
     """The command socket's contexts: free ones, those holding a command (at
     most ``most``: back pressure beyond), and those whose reply nng still
-    holds (at most :data:`MAX_SENDING`). Made as needed, kept for reuse."""
+    holds (at most :data:`MAX_SENDING`). Made as needed, kept for reuse.
+
+    Shared by the command thread (:meth:`take`, :meth:`put_back`,
+    :meth:`release`) and the event loop (:meth:`release`, :meth:`reclaim`,
+    :meth:`stop`, :meth:`close`), under one lock.
+    """
 
     def __init__(self, sock: Any, most: int, dropped: Callable[[int], None]) -> None:
         self._sock = sock
         self._most = most
         self._dropped = dropped
+        self._cond = threading.Condition(threading.Lock())
         self._all: list[_Slot] = []
         self._free: list[_Slot] = []
         self._held = 0
         #: Released, but nng has not sent their reply yet.
-        self.sending: list[_Slot] = []
+        self._sending: list[_Slot] = []
+        self.stopped = False
+        #: Replies nng held for a while (statistics).
+        self.queued = 0
 
     def take(self) -> _Slot | None:
-        """A context for the next request, or None: wait until one is released."""
-        if self.sending:
-            self._reclaim()
-        if self._held >= self._most or len(self.sending) >= MAX_SENDING:
+        """A context for the next request, once one is free; None once stopped.
+        Waits (the command thread) while every context holds a command or
+        too many replies wait in nng: requests then wait in nng."""
+        with self._cond:
+            while not self.stopped:
+                if self._sending:
+                    self._reclaim()
+                if self._held < self._most and len(self._sending) < MAX_SENDING:
+                    if self._free:
+                        slot = self._free.pop()
+                    else:
+                        slot = _Slot(self._sock)
+                        self._all.append(slot)
+                    self._held += 1
+                    return slot
+                # Released contexts wake this; replies going out do not.
+                self._cond.wait(SENDING_POLL_S if self._sending else None)
             return None
-        if self._free:
-            slot = self._free.pop()
-        else:
-            slot = _Slot(self._sock)
-            self._all.append(slot)
-        self._held += 1
-        return slot
 
     def put_back(self, slot: _Slot) -> None:
         """``slot`` was taken, but no request came."""
-        self._held -= 1
-        self._free.append(slot)
+        with self._cond:
+            self._held -= 1
+            self._free.append(slot)
 
     def release(self, slot: _Slot) -> bool:
         """``slot``'s command is done and its reply (if any) handed to nng;
         True if nng holds that reply for its busy connection."""
-        self._held -= 1
-        if slot.sending:
-            self.sending.append(slot)
-            return True
-        self._reuse(slot)
-        return False
+        with self._cond:
+            self._held -= 1
+            self._cond.notify()
+            if slot.sending:
+                self._sending.append(slot)
+                self.queued += 1
+                return True
+            self._reuse(slot)
+            return False
+
+    def reclaim(self) -> bool:
+        """Take back the contexts whose replies nng has sent; True while
+        some are still sending."""
+        with self._cond:
+            if self._sending:
+                self._reclaim()
+                self._cond.notify()
+            return bool(self._sending)
 
     def _reclaim(self) -> None:
         still: list[_Slot] = []
-        for slot in self.sending:
+        for slot in self._sending:
             if slot.sending:
                 still.append(slot)
             else:
                 self._reuse(slot)
-        self.sending = still
+        self._sending = still
 
     def _reuse(self, slot: _Slot) -> None:
         rv = slot.sent()
@@ -768,12 +828,25 @@ class _Slots:
             self._dropped(rv)
         self._free.append(slot)
 
+    def stop(self) -> None:
+        """Take no more requests: close every context (a receive waiting on
+        one ends) and wake a :meth:`take` waiting for one."""
+        with self._cond:
+            self.stopped = True
+            for slot in self._all:
+                slot.close_context()
+            self._cond.notify_all()
+
     def close(self) -> None:
-        for slot in self._all:
-            slot.close()
-        self._all.clear()
-        self._free.clear()
-        self.sending.clear()
+        """Free everything; once the command thread has ended."""
+        with self._cond:
+            self.stopped = True
+            for slot in self._all:
+                slot.close_context()
+                slot.free()
+            self._all.clear()
+            self._free.clear()
+            self._sending.clear()
 
 
 def _result_reply(source: str, result: ipc_schema.Result) -> bytes:

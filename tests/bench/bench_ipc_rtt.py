@@ -8,23 +8,25 @@ being measured:
 * ``echo``       the anchor: a blocking pynng ``Rep0`` that sends back what it
                  receives (no trio, no msgpack).
 * ``ipc``        skiffyd's :class:`~skiffyd.ipc.server.IpcServer` answering
-                 ``Messages`` with 5 messages from memory, at once in its
-                 reader (``answer_now``): the transport and the server alone.
+                 ``Messages`` with 5 messages from memory, at once on its
+                 command thread (``answer_now``): the transport and the
+                 server alone.
 * ``ipc+task``   the same answer from the command handler, in a trio task
-                 of its own (how every command was answered before).
+                 of its own (the command thread passes the command to the
+                 event loop: how every other command is answered).
 * ``cache``      the daemon's own IpcServer and handlers (``Daemon.server``)
                  reading the 5 newest of 60 messages from a real encrypted
                  cache file, as the daemon does a small read: answered at
-                 once on the event loop (``Daemon.answer_now``), through the
-                 cache's reader. Nothing is written meanwhile, so after
+                 once on the server's command thread (``Daemon.answer_now``),
+                 through the cache's reader. Nothing is written meanwhile, so after
                  the first read the reader reuses its answer (it checks
                  SQLite's ``data_version``, then answers from memory):
                  the case of UIs reading a room nothing changed in.
 * ``cache-miss`` the same with the reader keeping no answers: every request
                  reads SQLite, as the first read after any commit does.
-* ``cache+thread`` the same read in a task of its own, on the daemon's cache
-                 thread (``trio.to_thread`` with a ``CapacityLimiter(1)``):
-                 how every read went before, and how big reads still go.
+* ``cache+thread`` the same read in a task of its own on the event loop,
+                 then on the daemon's cache thread (``trio.to_thread`` with a
+                 ``CapacityLimiter(1)``): how big reads go.
 * ``cache-follow`` the daemon as in ``cache`` while it writes: every
                  :data:`TICK_S` a new message goes into the room the way a
                  sync puts it there (``Daemon.db(cache.apply_sync, ...)``,
@@ -34,7 +36,7 @@ being measured:
                  The daemon makes the answers UIs read last again after
                  each write (``Cache.run_then_answer``, ``CacheReader.adopt``).
 * ``cache-follow-off`` the same without that (``REFRESH_ANSWERS = 0``): the
-                 first read after each commit reads SQLite, on the event loop.
+                 first read after each commit reads SQLite.
 
 Not run unless named with ``--kinds``:
 
@@ -42,6 +44,10 @@ Not run unless named with ``--kinds``:
 * ``ipc-raw``    ``ipc`` with the command socket as it was until 2026-12-01:
                  Rep0 in raw mode (``tests/bench/ipc_legacy.py``).
 * ``cache-raw``  ``cache`` with that raw-mode command socket.
+* ``ipc-loop``   ``ipc`` with the command side as it was on 2026-12-01 before
+                 the command thread: a context per request, received and
+                 answered on the event loop (``recv-fd``).
+* ``cache-loop``, ``cache-follow-loop`` ``cache`` and ``cache-follow`` so.
 * ``contexts``   the IpcServer design before the raw socket, for comparison:
                  8 Rep0 contexts, each ``await ctx.arecv()`` / ``ctx.asend()``.
 
@@ -180,13 +186,17 @@ def serve_ipc(conn: Any, base: Path, variant: str) -> None:
         from tests.bench.ipc_legacy import RawIpcServer
 
         server_cls = RawIpcServer
+    elif variant == "ipc-loop":
+        from tests.bench.ipc_legacy import LoopIpcServer
+
+        server_cls = LoopIpcServer
 
     async def main() -> None:
         nonlocal limiter
         limiter = trio.CapacityLimiter(1)
         now = (
             (lambda req: lookup(req) if isinstance(req, s.Messages) else None)
-            if variant in ("ipc", "ipc-raw")
+            if variant in ("ipc", "ipc-raw", "ipc-loop")
             else None
         )
         await _serve_until_sigterm(
@@ -252,6 +262,10 @@ def serve_cache(conn: Any, base: Path, variant: str) -> None:
         from tests.bench.ipc_legacy import RawIpcServer
 
         skiffyd.daemon.IpcServer = RawIpcServer  # type: ignore[attr-defined]
+    if variant in ("cache-loop", "cache-follow-loop"):
+        from tests.bench.ipc_legacy import LoopIpcServer
+
+        skiffyd.daemon.IpcServer = LoopIpcServer  # type: ignore[attr-defined]
     daemon = skiffyd.daemon.Daemon(paths)
     keep = 0 if variant == "cache-miss" else store.READER_ANSWER_ROWS
     daemon.session = SimpleNamespace(  # type: ignore[assignment]
@@ -298,12 +312,15 @@ SERVERS: dict[str, Callable[..., None]] = {
     "ipc+task": serve_ipc,
     "cache": serve_cache,
     "cache-raw": serve_cache,
+    "cache-loop": serve_cache,
+    "cache-follow-loop": serve_cache,
     "cache-miss": serve_cache,
     "cache+thread": serve_cache,
     "cache-follow": serve_cache,
     "cache-follow-off": serve_cache,
     "ipc+thread": serve_ipc,
     "ipc-raw": serve_ipc,
+    "ipc-loop": serve_ipc,
     "contexts": serve_ipc,
 }
 

@@ -12,6 +12,9 @@ command side as it was before the raw-socket design: a cooked Rep0 socket and
 handler, ``await ctx.asend()``. Each ``arecv``/``asend`` completes through an
 nng aio whose callback runs on an nng thread and wakes trio with
 ``run_sync_soon``. Events, permissions and peer checks are unchanged.
+
+:class:`LoopIpcServer` is the command side as it was on 2026-12-01 before the
+command thread: a context per request, on the event loop.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import trio
 from pynng import ffi, lib
 from pynng.exceptions import check_err
 
-from skiffyd.ipc.server import DRAIN_CHECKPOINT, NNG_RECV_MAX_BYTES, IpcServer, _nng_error
+from skiffyd.ipc.server import NNG_RECV_MAX_BYTES, IpcServer, _nng_error, _Slots
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -36,6 +39,8 @@ REP_RECV_BUFFER = 128
 REP_SEND_BUFFER = 128
 REPLY_SEND_TRIES = 1000
 REPLY_RETRY_DELAY = 0.001
+#: Requests taken in one go before the reader lets other tasks run.
+DRAIN_CHECKPOINT = 16
 
 
 class RawIpcServer(IpcServer):
@@ -195,3 +200,57 @@ class ContextsIpcServer(IpcServer):
                 return
             except pynng.NNGException:
                 pass  # the requester went away
+
+
+class LoopIpcServer(IpcServer):
+    """The command side as it was on 2026-12-01 before the command thread:
+    a context per request, received and answered on the event loop.
+
+    One reader task waits for the socket's ``recv-fd`` to turn readable,
+    then takes every waiting request into a context of its own with
+    receives that never wait (aio timeout 0), calls ``answer_now`` there, on
+    the event loop, and sends the reply from the loop's thread. A compact
+    copy for the benchmark: the same hand-offs, with the back pressure of
+    the current :class:`~skiffyd.ipc.server._Slots` (which waits on a lock
+    when all contexts are held: never with the benchmark's 8 UIs).
+    """
+
+    async def _serve_commands(self, rep: Any) -> None:
+        recv_fd: int = rep.recv_fd
+        slots = _Slots(rep.socket, self._max_in_flight, self._reply_dropped)
+        self._slots = slots
+        try:
+            async with trio.open_nursery() as nursery:
+                self._commands = nursery
+                nursery.start_soon(self._watch_sending, slots)
+                taken = 0
+                while True:
+                    slot = slots.take()
+                    assert slot is not None
+                    lib.nng_aio_set_timeout(slot._recv, 0)  # never waits
+                    got = slot.receive()
+                    if isinstance(got, int):
+                        slots.put_back(slot)
+                        if got == lib.NNG_ETIMEDOUT:  # nothing waiting
+                            taken = 0
+                            await trio.lowlevel.wait_readable(recv_fd)
+                        elif got == lib.NNG_ECLOSED:
+                            return
+                        else:
+                            self._log.warning("ipc.recv_failed", error=_nng_error(got))
+                            await trio.sleep(0.01)
+                        continue
+                    taken += 1
+                    request = self._decode(got)
+                    if not isinstance(request, bytes) and self._answer_now is not None:
+                        request = self._try_answer_now(request) or request
+                    if isinstance(request, bytes):
+                        self._reply(slot, request)
+                        self._release(slot)
+                    else:
+                        nursery.start_soon(self._command, slot, request)
+                    if taken % DRAIN_CHECKPOINT == 0:
+                        await trio.lowlevel.checkpoint()
+        finally:
+            self._commands = None
+            slots.close()

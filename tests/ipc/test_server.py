@@ -9,6 +9,7 @@ import stat
 import struct
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import msgspec
@@ -500,6 +501,60 @@ async def test_answer_now_answers_without_the_handler_or_passes_it_on(
         await call(s.Status())
     assert info.value.code == s.ErrorCode.DAEMON_SHUTTING_DOWN
     assert len(asked) == 6
+
+
+async def test_answer_now_runs_on_the_command_thread_while_the_event_loop_is_busy(
+    start_server: Any, fake: Any, paths: Any
+) -> None:
+    """A small read does not wait for the event loop: answer_now runs on the
+    server's command thread, and its answer goes out while the loop is held."""
+    threads: list[str] = []
+
+    def answer_now(req: s.Request) -> s.Result | None:
+        threads.append(threading.current_thread().name)
+        return (
+            s.StatusResult(state="ready", instance_id="thread")
+            if isinstance(req, s.Status)
+            else None
+        )
+
+    await start_server(fake.handle, answer_now=answer_now)
+    answered = threading.Event()
+    results: list[s.Result] = []
+
+    def ui() -> None:
+        with DaemonClient(paths, timeout=5.0) as client:
+            results.append(client.request(s.Status()))
+        answered.set()
+
+    ui_thread = threading.Thread(target=ui)
+    ui_thread.start()
+    # Hold the event loop (no checkpoint) until the UI has its answer; the
+    # 10 s are a hang guard: an answer that needs the loop never comes.
+    came = answered.wait(10)
+    ui_thread.join()
+    assert came
+    assert results == [s.StatusResult(state="ready", instance_id="thread")]
+    assert threads == ["skiffyd-ipc-commands"]
+    assert fake.received == []
+
+
+async def test_a_command_thread_that_fails_takes_the_server_down(
+    paths: Any, fake: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server does not go on without its command thread: what killed the
+    thread is raised from run(), and the sockets are closed."""
+
+    def broken(self: Any) -> None:
+        raise RuntimeError("the command thread broke")
+
+    monkeypatch.setattr(server_module._Slots, "take", broken)
+    srv = IpcServer(paths, fake.handle, instance_id="instance-1")
+    with trio.fail_after(10), pytest.raises(BaseExceptionGroup) as info:
+        await srv.run()
+    assert info.group_contains(RuntimeError, match="the command thread broke", depth=None)
+    assert not paths.command_socket.exists()
+    assert not paths.event_socket.exists()
 
 
 async def test_stop_accepting_answers_shutting_down(server: IpcServer, call: Any) -> None:
