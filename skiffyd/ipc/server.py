@@ -15,41 +15,47 @@ Only when both sockets listen does ``run`` report ``started()``.
 
 Commands. The command socket is a (cooked) Rep0 socket, and every request
 is received into a Rep0 *context* of its own, which keeps the request's
-route back and sends its reply. One reader task waits for nng's receive
-descriptor (``recv-fd``) to turn readable (``trio.lowlevel.wait_readable``),
-then takes every waiting request, each into a free context, until nng has
-none left. Each is decoded (:func:`skiffyd.ipc.codec.decode_request`); a
-frame that does not decode is answered at once with its error. Then
-``answer_now`` (when given) may answer the command right there,
-synchronously: the daemon does so for commands that need only memory and a
-small read of the cache, for which a task of their own would cost more than
-the work (docs/benchmarks-ipc.md). Every other command gets one trio task:
-await the handler, send the reply from its context. So a command that
-awaits the network for seconds (login, join, backfill) holds only its own
-task and context while every other UI's commands keep being answered. At
-most ``max_in_flight`` commands are held at once; beyond that the reader
-stops taking requests and they wait in nng (back pressure).
+route back and sends its reply. One plain thread, the *command thread*
+(``skiffyd-ipc-commands``), takes the requests: it waits in nng for the next
+one (a blocking receive on a free context, with the GIL released), decodes it
+(:func:`skiffyd.ipc.codec.decode_request`; a frame that does not decode is
+answered at once with its error), and then ``answer_now`` (when given) may
+answer it right there: the daemon does so for small reads of the cache,
+which a hop to the event loop would cost more than (docs/benchmarks-ipc.md).
+``answer_now`` therefore runs on the command thread and must be thread-safe
+(the daemon's takes a lock it shares with the event loop). Every other
+command is passed to the event loop (``TrioToken.run_sync_soon``) and gets
+one trio task there: await the handler, send the reply from its context.
+So a command that awaits the network for seconds (login, join, backfill)
+holds only its own task and context while every other UI's commands keep
+being answered, and a small read is answered even while the event loop is
+busy. At most ``max_in_flight`` commands are held at once; beyond that the
+command thread takes no more requests and they wait in nng (back pressure).
 
 The contexts' receives and sends go through nng aios *without callbacks*
-(:class:`_Slot`): nng completes such an operation in the calling thread
-when it can, so a receive with timeout 0 either takes a waiting request or
-fails at once, and a reply goes onto its connection from the event loop's
-own thread. No nng thread calls into Python for a command (the only
-callbacks are the per-connection peer checks) and no request or reply
-waits for a hand-off between threads. Only a reply whose connection is
-still busy sending an earlier one (a UI with several commands in flight) is
-left to nng, which sends it when the connection frees; its context is not
-reused until then, and after :data:`REPLY_SEND_TIMEOUT_MS` (a UI that
-stopped reading) nng gives it back and it is dropped.
+(:class:`_Slot`): no nng thread calls into Python for a command (the only
+callbacks are the per-connection peer checks). A receive completes in nng's
+thread and wakes the command thread where it waits; a reply goes onto its
+connection from the thread that sends it (the command thread, or the event
+loop for a task's reply). Only a reply whose connection is still busy
+sending an earlier one (a UI with several commands in flight) is left to
+nng, which sends it when the connection frees; its context is not reused
+until then (the event loop looks every :data:`SENDING_CHECK_S`), and after
+:data:`REPLY_SEND_TIMEOUT_MS` (a UI that stopped reading) nng gives it back
+and it is dropped. A thread that fails takes :meth:`IpcServer.run` down with
+its exception; cancelling ``run`` closes every context, which ends the
+thread's receive, and waits for the thread.
 
-Why not Rep0 contexts with ``await ctx.arecv()`` (the design before
-2026-11-22): each ``arecv``/``asend`` completes through a callback on an nng
-thread that takes the GIL and wakes trio. Why not a Rep0 socket in raw mode
-(each request's route in its nng header, the design until 2026-12-01): a
-raw socket's reply goes through its send queue and nng's forwarder, two
-hand-offs between nng's threads before the connection. Both are measured
-beside this design by ``tests/bench/bench_ipc_rtt.py``
-(``docs/benchmarks-ipc.md``).
+Earlier designs, measured beside this one by ``tests/bench/bench_ipc_rtt.py``
+(``docs/benchmarks-ipc.md``; the code in ``tests/bench/ipc_legacy.py``):
+Rep0 contexts with ``await ctx.arecv()`` (until 2026-11-22: each
+``arecv``/``asend`` completes through a callback on an nng thread that takes
+the GIL and wakes trio); a Rep0 socket in raw mode read on the event loop
+through ``recv-fd`` (until 2026-12-01: a raw socket's reply goes through its
+send queue and nng's forwarder, two hand-offs between nng's threads); a
+context per request read on the event loop through ``recv-fd`` (2026-12-01:
+every request costs the loop a wake-up, ``epoll`` and trio's scheduling,
+~50 µs of round trip and ~100 µs of CPU more than this design).
 
 Every failure becomes an error reply:
 undecodable bytes, an unknown command, bad arguments, an oversized frame, a
@@ -83,10 +89,10 @@ faster than it can encode them the queue drops the oldest. Both are safe:
 every change-log event carries ``seq``, and a UI that sees a gap asks
 ``ChangesSince``.
 
-Shutdown. Cancelling :meth:`run` cancels the reader, the command tasks (their
-requesters see the connection drop) and the publisher, then closes the
-sockets; nng removes the socket files when it closes the listeners, and
-``run`` removes any that are left (only ones it created).
+Shutdown. Cancelling :meth:`run` stops the command thread, cancels the
+command tasks (their requesters see the connection drop) and the publisher,
+then closes the sockets; nng removes the socket files when it closes the
+listeners, and ``run`` removes any that are left (only ones it created).
 """
 
 from __future__ import annotations
@@ -150,8 +156,8 @@ NNG_DURATION_INFINITE = -1
 SOCKET_MODE = 0o600
 
 Handler = Callable[[ipc_schema.Request], Awaitable[ipc_schema.Result]]
-#: Answers a command at once, on the event loop (with a Result, or with its
-#: reply frame already encoded: bytes), or says None (see IpcServer).
+#: Answers a command at once, on the command thread (with a Result, or with
+#: its reply frame already encoded: bytes), or says None (see IpcServer).
 AnswerNow = Callable[[ipc_schema.Request], "ipc_schema.Result | bytes | None"]
 
 _RESULT_TYPES: tuple[type, ...] = ipc_schema.Result.__args__
@@ -762,6 +768,7 @@ class _Slots:
         #: Released, but nng has not sent their reply yet.
         self._sending: list[_Slot] = []
         self.stopped = False
+        self._closed = False  # the slots are freed: nothing may touch them
         #: Replies nng held for a while (statistics).
         self.queued = 0
 
@@ -793,8 +800,12 @@ class _Slots:
 
     def release(self, slot: _Slot) -> bool:
         """``slot``'s command is done and its reply (if any) handed to nng;
-        True if nng holds that reply for its busy connection."""
+        True if nng holds that reply for its busy connection. (A command
+        passed to the event loop as the server stopped may come back after
+        :meth:`close`: nothing is left to do.)"""
         with self._cond:
+            if self._closed:
+                return False
             self._held -= 1
             self._cond.notify()
             if slot.sending:
@@ -840,7 +851,7 @@ class _Slots:
     def close(self) -> None:
         """Free everything; once the command thread has ended."""
         with self._cond:
-            self.stopped = True
+            self.stopped = self._closed = True
             for slot in self._all:
                 slot.close_context()
                 slot.free()

@@ -557,6 +557,24 @@ async def test_a_command_thread_that_fails_takes_the_server_down(
     assert not paths.event_socket.exists()
 
 
+def test_a_command_coming_back_after_the_slots_are_freed_is_left_alone() -> None:
+    """A command the command thread passed to the event loop as the server
+    stopped can come back after the contexts were freed: its release must
+    not touch the freed context; and a stopped pool hands out no context."""
+
+    class Freed:
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError(f"a freed context was touched ({name})")
+
+    with pynng.Rep0() as rep:
+        slots = server_module._Slots(rep.socket, 4, lambda rv: None)
+        assert slots.take() is not None
+        slots.stop()
+        assert slots.take() is None
+        slots.close()
+        assert slots.release(Freed()) is False  # type: ignore[arg-type]
+
+
 async def test_stop_accepting_answers_shutting_down(server: IpcServer, call: Any) -> None:
     assert isinstance(await call(s.Status()), s.StatusResult)
     server.stop_accepting()
