@@ -47,7 +47,8 @@ Not run unless named with ``--kinds``:
 * ``ipc-loop``   ``ipc`` with the command side as it was on 2026-12-01 before
                  the command thread: a context per request, received and
                  answered on the event loop (``recv-fd``).
-* ``cache-loop``, ``cache-follow-loop`` ``cache`` and ``cache-follow`` so.
+* ``ipc+task-loop``, ``cache-loop``, ``cache-follow-loop`` ``ipc+task``,
+                 ``cache`` and ``cache-follow`` so.
 * ``contexts``   the IpcServer design before the raw socket, for comparison:
                  8 Rep0 contexts, each ``await ctx.arecv()`` / ``ctx.asend()``.
 
@@ -186,7 +187,7 @@ def serve_ipc(conn: Any, base: Path, variant: str) -> None:
         from tests.bench.ipc_legacy import RawIpcServer
 
         server_cls = RawIpcServer
-    elif variant == "ipc-loop":
+    elif variant in ("ipc-loop", "ipc+task-loop"):
         from tests.bench.ipc_legacy import LoopIpcServer
 
         server_cls = LoopIpcServer
@@ -321,6 +322,7 @@ SERVERS: dict[str, Callable[..., None]] = {
     "ipc+thread": serve_ipc,
     "ipc-raw": serve_ipc,
     "ipc-loop": serve_ipc,
+    "ipc+task-loop": serve_ipc,
     "contexts": serve_ipc,
 }
 
