@@ -835,7 +835,7 @@ class _Slots:
 
     def _reuse(self, slot: _Slot) -> None:
         rv = slot.sent()
-        if rv != 0:
+        if rv != 0 and not self.stopped:  # stopping closes the contexts: not a drop
             self._dropped(rv)
         self._free.append(slot)
 
