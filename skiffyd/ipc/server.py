@@ -100,6 +100,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import sys
 import threading
 import time
 import traceback
@@ -153,6 +154,14 @@ SENDING_POLL_S = 0.001
 SENDING_CHECK_S = 0.1
 #: nng's "no timeout" for an aio.
 NNG_DURATION_INFINITE = -1
+#: Python's GIL switch interval while the command thread runs (Python's
+#: default is 5 ms). A thread waiting for the GIL asks its holder to let go
+#: only after a whole interval without being woken; an event loop that runs
+#: Python for milliseconds with a checkpoint (a brief release) every 0.5-2 ms
+#: wakes it each time and re-takes the GIL first, so with 5 ms the command
+#: thread could wait as long as the loop stayed busy (measured: a read not
+#: answered in 20 s). With 0.2 ms a read waits at most a few ms.
+SWITCH_INTERVAL_S = 0.0002
 SOCKET_MODE = 0o600
 
 Handler = Callable[[ipc_schema.Request], Awaitable[ipc_schema.Result]]
@@ -393,6 +402,8 @@ class IpcServer:
                     token.run_sync_soon(ended.set)
 
         thread = threading.Thread(target=run_thread, name="skiffyd-ipc-commands", daemon=True)
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch_interval, SWITCH_INTERVAL_S))
         try:
             async with trio.open_nursery() as nursery:
                 self._commands = nursery
@@ -410,6 +421,7 @@ class IpcServer:
         finally:
             self._commands = None
             slots.close()
+            sys.setswitchinterval(switch_interval)
 
     def _take_commands(self, slots: _Slots, token: trio.lowlevel.TrioToken) -> None:
         """The command thread: take each request into a context of its own,

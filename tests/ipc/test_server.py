@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 import msgspec
@@ -537,6 +538,52 @@ async def test_answer_now_runs_on_the_command_thread_while_the_event_loop_is_bus
     assert results == [s.StatusResult(state="ready", instance_id="thread")]
     assert threads == ["skiffyd-ipc-commands"]
     assert fake.received == []
+
+
+async def test_reads_are_answered_while_the_event_loop_runs_python_without_pause(
+    start_server: Any, fake: Any, paths: Any, until: Any
+) -> None:
+    """The event loop busy in Python, with only a checkpoint every ms (a
+    brief release of the GIL each time): the command thread still gets the
+    GIL and answers, many reads during 200 such ms. (With Python's default
+    switch interval it waits about as long as the loop stays busy: 0-1 reads
+    here.) Progress is counted against the loop's work, not timed."""
+
+    def answer_now(req: s.Request) -> s.Result | None:
+        return (
+            s.StatusResult(state="ready", instance_id="busy") if isinstance(req, s.Status) else None
+        )
+
+    await start_server(fake.handle, answer_now=answer_now)
+    stop = threading.Event()
+    answered: list[s.Result] = []
+    failures: list[BaseException] = []
+
+    def ui() -> None:
+        try:
+            with DaemonClient(paths, timeout=60.0) as client:
+                while not stop.is_set():
+                    answered.append(client.request(s.Status()))
+        except BaseException as exc:
+            failures.append(exc)
+
+    ui_thread = threading.Thread(target=ui)
+    ui_thread.start()
+    try:
+        await until(lambda: bool(answered or failures))  # connected, loop idle
+        before = len(answered)
+        for _ in range(200):
+            end = time.perf_counter() + 0.001
+            while time.perf_counter() < end:
+                pass  # Python, holding the GIL
+            await trio.lowlevel.checkpoint()
+        during = len(answered) - before
+    finally:
+        stop.set()
+        await trio.to_thread.run_sync(ui_thread.join)
+    assert failures == []
+    assert during >= 10
+    assert all(r == s.StatusResult(state="ready", instance_id="busy") for r in answered)
 
 
 async def test_a_command_thread_that_fails_takes_the_server_down(
