@@ -44,7 +44,8 @@ until then (the event loop looks every :data:`SENDING_CHECK_S`), and after
 :data:`REPLY_SEND_TIMEOUT_MS` (a UI that stopped reading) nng gives it back
 and it is dropped. A thread that fails takes :meth:`IpcServer.run` down with
 its exception; cancelling ``run`` closes every context, which ends the
-thread's receive, and waits for the thread.
+thread's receive, and waits for the thread. While the thread runs, Python's
+GIL switch interval is :data:`SWITCH_INTERVAL_S` (see there).
 
 Earlier designs, measured beside this one by ``tests/bench/bench_ipc_rtt.py``
 (``docs/benchmarks-ipc.md``; the code in ``tests/bench/ipc_legacy.py``):
