@@ -403,8 +403,7 @@ class IpcServer:
                     token.run_sync_soon(ended.set)
 
         thread = threading.Thread(target=run_thread, name="skiffyd-ipc-commands", daemon=True)
-        switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(switch_interval, SWITCH_INTERVAL_S))
+        _lower_switch_interval()
         try:
             async with trio.open_nursery() as nursery:
                 self._commands = nursery
@@ -422,7 +421,7 @@ class IpcServer:
         finally:
             self._commands = None
             slots.close()
-            sys.setswitchinterval(switch_interval)
+            _restore_switch_interval()
 
     def _take_commands(self, slots: _Slots, token: trio.lowlevel.TrioToken) -> None:
         """The command thread: take each request into a context of its own,
@@ -871,6 +870,31 @@ class _Slots:
             self._all.clear()
             self._free.clear()
             self._sending.clear()
+
+
+#: Command threads running in this process, and the switch interval from
+#: before the first of them (:data:`SWITCH_INTERVAL_S`).
+_switch_lock = threading.Lock()
+_switch_users = 0
+_switch_before = 0.0
+
+
+def _lower_switch_interval() -> None:
+    global _switch_users, _switch_before
+    with _switch_lock:
+        if _switch_users == 0:
+            _switch_before = sys.getswitchinterval()
+            sys.setswitchinterval(min(_switch_before, SWITCH_INTERVAL_S))
+        _switch_users += 1
+
+
+def _restore_switch_interval() -> None:
+    """The last command thread to stop puts the interval back."""
+    global _switch_users
+    with _switch_lock:
+        _switch_users -= 1
+        if _switch_users == 0:
+            sys.setswitchinterval(_switch_before)
 
 
 def _result_reply(source: str, result: ipc_schema.Result) -> bytes:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pynng
@@ -30,6 +30,10 @@ from skiffyd.ipc.server import (
     IpcServer,
     peer_allowed,
 )
+from tests.ipc.conftest import short_paths
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 enc = msgspec.msgpack.Encoder()
 
@@ -584,6 +588,25 @@ async def test_reads_are_answered_while_the_event_loop_runs_python_without_pause
     assert failures == []
     assert during >= 10
     assert all(r == s.StatusResult(state="ready", instance_id="busy") for r in answered)
+
+
+async def test_the_switch_interval_is_lowered_while_serving_and_then_restored(
+    start_server: Any, fake: Any, until: Any, base_dir: Path
+) -> None:
+    before = sys.getswitchinterval()
+    lowered = min(before, server_module.SWITCH_INTERVAL_S)
+    assert lowered < before  # Python's default is 5 ms
+    first = await start_server(fake.handle)
+    await until(lambda: sys.getswitchinterval() == pytest.approx(lowered))
+    # Two servers in one process: the last to stop puts it back.
+    second = IpcServer(short_paths(base_dir / "second"), fake.handle, instance_id="second")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(second.run)
+        await until(lambda: second._slots is not None)  # its command thread runs
+        await first.stop()
+        assert sys.getswitchinterval() == pytest.approx(lowered)
+        nursery.cancel_scope.cancel()
+    assert sys.getswitchinterval() == pytest.approx(before)
 
 
 async def test_a_command_thread_that_fails_takes_the_server_down(
