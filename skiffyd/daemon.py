@@ -228,9 +228,10 @@ class Daemon:
         # And their reply frames, for the reads the events will bring (no
         # need for the limiter: a frame belongs to its answer object).
         with self.reads:
-            for key in taken:
-                if key[1] <= INLINE_READ_ROWS and self.session is s:
-                    self._messages_reply(key, answers[key])
+            if self.session is s:  # not closed meanwhile (that drops the frames)
+                for key in taken:
+                    if key[1] <= INLINE_READ_ROWS:
+                        self._messages_reply(key, answers[key])
         return result
 
     def publish(self, events: Sequence[wire.Event]) -> None:
