@@ -37,7 +37,7 @@ import os
 import secrets
 import time
 from collections import OrderedDict
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -572,6 +572,11 @@ class Cache(CacheReads):
         self._committed_seq = self._last_seq
         #: id() of a logged message event -> (kind 1 added / 2 updated, its row's ord).
         self._msg_refs: dict[int, tuple[int, int]] = {}
+        #: Transactions this connection committed (:meth:`commits`).
+        self._commits = 0
+        #: SQLite's automatic checkpoint, which the hook below replaces.
+        self._checkpoint_pages = int(self._scalar("PRAGMA wal_autocheckpoint") or 0)
+        conn.set_wal_hook(self._committed)
 
     # ------------------------------------------------------------------ open
 
@@ -603,6 +608,30 @@ class Cache(CacheReads):
     def close(self) -> None:
         self._conn.close()
 
+    def commits(self) -> int:
+        """How many transactions this connection has committed, counted
+        right after each one: every write, in a transaction or alone, in
+        whatever method. A reader of this cache in the same process compares
+        it instead of asking SQLite whether the file changed
+        (:meth:`open_reader`); this connection is the only one that writes
+        the file while the daemon holds it (the instance lock). Read from any
+        thread."""
+        return self._commits
+
+    def _committed(self, conn: apsw.Connection, db: str, pages: int) -> int:
+        """SQLite's WAL hook: called on the writing thread once a commit has
+        taken place (its changes are visible to readers, its write lock
+        released). Counts the commit; then checkpoints as SQLite's own hook
+        does, which a hook of ours replaces: passively, once the WAL holds
+        ``wal_autocheckpoint`` pages. (Setting that pragma on this connection
+        would put SQLite's hook back in place of this one: commits would go
+        uncounted and readers would reuse stale answers.)"""
+        self._commits += 1
+        if 0 < self._checkpoint_pages <= pages:
+            with suppress(apsw.Error):  # as in SQLite's: a failed one waits for the next
+                conn.wal_checkpoint(db)
+        return apsw.SQLITE_OK
+
     def run_then_answer(
         self, fn: Callable[..., T], args: tuple[Any, ...], keys: Sequence[AnswerKey]
     ) -> tuple[T, dict[AnswerKey, MessagesAnswer]]:
@@ -631,10 +660,17 @@ class Cache(CacheReads):
             return result, {}
         return result, answers
 
-    def open_reader(self, key_hex: str) -> CacheReader:
+    def open_reader(self, key_hex: str, *, answer_rows: int = READER_ANSWER_ROWS) -> CacheReader:
         """A :class:`CacheReader` on this cache's file, keyed as this one is
-        (an older cache's keying is not searched for again)."""
-        return CacheReader.open(Path(self._conn.filename), key_hex, (self._keying,))
+        (an older cache's keying is not searched for again), that tells a
+        change by this cache's :meth:`commits`."""
+        return CacheReader.open(
+            Path(self._conn.filename),
+            key_hex,
+            (self._keying,),
+            answer_rows=answer_rows,
+            commits=self.commits,
+        )
 
     @contextmanager
     def _transaction(self) -> Iterator[list[LoggedEvent]]:
@@ -2178,12 +2214,24 @@ class CacheReader(CacheReads):
     committed, even while a sync's transaction is open on the cache thread.
     SQLite reports busy only in rare moments (a WAL being recovered);
     :meth:`read` then raises :class:`ReaderBusy` at once and the caller takes
-    the thread. Used from one thread (the event loop's).
+    the thread. Used by one thread at a time (the daemon's lock around it).
+
+    ``commits``: the writer's :meth:`Cache.commits`, when the writer is in
+    this process (:meth:`Cache.open_reader`): :meth:`messages` and
+    :meth:`adopt` tell a change by it. Without, by :meth:`data_version`: a
+    statement on this connection each time, the bigger part of a reused
+    read's cost (docs/benchmarks-ipc.md).
     """
 
-    def __init__(self, conn: apsw.Connection, answer_rows: int = READER_ANSWER_ROWS) -> None:
+    def __init__(
+        self,
+        conn: apsw.Connection,
+        answer_rows: int = READER_ANSWER_ROWS,
+        commits: Callable[[], int] | None = None,
+    ) -> None:
         self._conn = conn
-        #: (room, limit) -> (data_version when read, the answer, when a
+        self._version = self.data_version if commits is None else commits
+        #: (room, limit) -> (the version when read, the answer, when a
         #: caller last asked for it): see :meth:`messages`; least recently
         #: asked for first.
         self._answers: OrderedDict[AnswerKey, tuple[int, MessagesAnswer, float]] = OrderedDict()
@@ -2199,6 +2247,7 @@ class CacheReader(CacheReads):
         keyings: tuple[tuple[str, ...], ...] = KEYINGS,
         *,
         answer_rows: int = READER_ANSWER_ROWS,
+        commits: Callable[[], int] | None = None,
     ) -> CacheReader:
         """A reader on the cache at ``path``, keyed the first of ``keyings``
         ways that decrypts it (see :meth:`Cache.open_reader`); it keeps
@@ -2206,7 +2255,7 @@ class CacheReader(CacheReads):
         conn, _ = _open_any(path, key_hex, keyings)
         conn.execute("PRAGMA query_only=ON")
         conn.execute(f"PRAGMA cache_size=-{READER_PAGE_CACHE_KIB}")
-        return cls(conn, answer_rows)
+        return cls(conn, answer_rows, commits)
 
     def schema_version(self) -> int:
         """The cache's schema (``PRAGMA user_version``): its last migration."""
@@ -2229,10 +2278,13 @@ class CacheReader(CacheReads):
         moved a read marker too): simple, and it cannot serve a stale
         answer; the daemon makes the answers asked for last again right
         after its writes (:meth:`adopt`). The answers are shared: callers
-        must not change them.
+        must not change them. (With ``commits``, the writer's count of its
+        commits is the check: it counts a commit once it has taken place, so
+        a read that starts after the count is taken sees that commit or a
+        later one.)
         """
         key = (room_id, limit)
-        version = self.data_version()
+        version = self._version()
         now = time.monotonic()
         kept = self._answers.get(key)
         if kept is not None and kept[0] == version:
@@ -2264,15 +2316,15 @@ class CacheReader(CacheReads):
         The caller guarantees that nothing has been committed to the cache
         since that commit (the daemon holds its cache thread's limiter from
         the write until this returns, and every write goes through it):
-        then this connection's ``data_version`` now is the version of the
-        state they were made from, and they are kept under it. Any later
-        commit changes it, and they go stale like any answer. Only keys
-        still kept are taken, in their place in the LRU order. If SQLite
-        cannot start a read (busy), none is taken: the next read reads.
-        Returns the keys taken.
+        then the version now (``commits``, or this connection's
+        ``data_version``) is that of the state they were made from, and they
+        are kept under it. Any later commit changes it, and they go stale
+        like any answer. Only keys still kept are taken, in their place in
+        the LRU order. If SQLite cannot start a read (busy), none is taken:
+        the next read reads. Returns the keys taken.
         """
         try:
-            version = self.data_version()
+            version = self._version()
         except apsw.Error:
             return []
         taken: list[AnswerKey] = []

@@ -19,8 +19,8 @@ being measured:
                  cache file, as the daemon does a small read: answered at
                  once on the server's command thread (``Daemon.answer_now``),
                  through the cache's reader. Nothing is written meanwhile, so after
-                 the first read the reader reuses its answer (it checks
-                 SQLite's ``data_version``, then answers from memory):
+                 the first read the reader reuses its answer (it checks the
+                 writer's count of commits, then answers from memory):
                  the case of UIs reading a room nothing changed in.
 * ``cache-miss`` the same with the reader keeping no answers: every request
                  reads SQLite, as the first read after any commit does.
@@ -49,6 +49,8 @@ Not run unless named with ``--kinds``:
                  answered on the event loop (``recv-fd``).
 * ``ipc+task-loop``, ``cache-loop``, ``cache-follow-loop`` ``ipc+task``,
                  ``cache`` and ``cache-follow`` so.
+* ``cache-dv``   ``cache`` with the reader as it was until 2026-12-01: it asks
+                 SQLite (``PRAGMA data_version``) whether anything changed.
 * ``contexts``   the IpcServer design before the raw socket, for comparison:
                  8 Rep0 contexts, each ``await ctx.arecv()`` / ``ctx.asend()``.
 
@@ -269,9 +271,11 @@ def serve_cache(conn: Any, base: Path, variant: str) -> None:
         skiffyd.daemon.IpcServer = LoopIpcServer  # type: ignore[attr-defined]
     daemon = skiffyd.daemon.Daemon(paths)
     keep = 0 if variant == "cache-miss" else store.READER_ANSWER_ROWS
-    daemon.session = SimpleNamespace(  # type: ignore[assignment]
-        cache=cache, reader=CacheReader.open(path, key, answer_rows=keep)
-    )
+    if variant == "cache-dv":  # the reader asks SQLite whether anything changed
+        reader = CacheReader.open(path, key, answer_rows=keep)
+    else:  # as the daemon's: it counts the writer's commits
+        reader = cache.open_reader(key, answer_rows=keep)
+    daemon.session = SimpleNamespace(cache=cache, reader=reader)  # type: ignore[assignment]
     if not variant.startswith("cache-follow"):
         # The daemon's own server: its handler and answer_now.
         trio.run(_serve_until_sigterm, conn, daemon.server)
@@ -316,6 +320,7 @@ SERVERS: dict[str, Callable[..., None]] = {
     "cache-loop": serve_cache,
     "cache-follow-loop": serve_cache,
     "cache-miss": serve_cache,
+    "cache-dv": serve_cache,
     "cache+thread": serve_cache,
     "cache-follow": serve_cache,
     "cache-follow-off": serve_cache,

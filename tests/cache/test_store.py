@@ -146,14 +146,26 @@ def _edit(event_id: str, target: str, body: str) -> TimelineItem:
     return _item(msgspec.convert(edit(event_id, target, body), ClientEvent))
 
 
+def _reader(cache: Cache, path: Path, key: str, how: str, **kwargs: Any) -> CacheReader:
+    """A reader that tells a change by the writer's commits (``commits``: the
+    daemon's) or by asking SQLite (``data_version``)."""
+    if how == "commits":
+        return cache.open_reader(key, **kwargs)
+    return CacheReader.open(path, key, **kwargs)
+
+
+READERS = pytest.mark.parametrize("how", ["commits", "data_version"])
+
+
+@READERS
 def test_the_reader_reuses_an_answer_only_while_nothing_was_committed(
-    tmp_path: Path, key: str
+    tmp_path: Path, key: str, how: str
 ) -> None:
     """The same read twice with no commit between: one read (the same
     answer). Any commit, even one that changes a row in place (an edit), or
     one that lands during the read, and the next read is a new one."""
     cache = Cache.open(tmp_path / "c.db", key, ME)
-    reader = CacheReader.open(tmp_path / "c.db", key)
+    reader = _reader(cache, tmp_path / "c.db", key, how)
     try:
         cache.apply_sync(_plan("s1", _msg("$1", "one"), _msg("$2", "two")))
         first = reader.read(lambda c: c.messages(ROOM, 10))
@@ -184,6 +196,61 @@ def test_the_reader_reuses_an_answer_only_while_nothing_was_committed(
         ]
     finally:
         reader.close()
+        cache.close()
+
+
+def test_a_reader_of_the_writers_commits_sees_every_kind_of_write(tmp_path: Path, key: str) -> None:
+    """The commit count comes from SQLite's WAL hook, not from the methods
+    that write: a statement outside any transaction, a transaction of a
+    method, and one that changes a row in place all make the kept answer
+    stale; a transaction rolled back changes nothing and leaves it."""
+    cache = Cache.open(tmp_path / "c.db", key, ME)
+    reader = cache.open_reader(key)
+    try:
+        cache.apply_sync(_plan("s1", _msg("$1", "one"), _msg("$2", "two")))
+        first = reader.read(lambda c: c.messages(ROOM, 10))
+        assert reader.read(lambda c: c.messages(ROOM, 10)) is first
+
+        # Autocommit: one statement, no `with`, no method of the cache.
+        cache._conn.execute("UPDATE messages SET body = 'uno' WHERE event_id = '$1'")
+        second = reader.read(lambda c: c.messages(ROOM, 10))
+        assert [m.body for m in second[0]] == ["uno", "two"]
+
+        def rolled_back() -> None:
+            with cache._conn:
+                cache._conn.execute("UPDATE messages SET body = 'eins' WHERE event_id = '$1'")
+                raise RuntimeError("rolled back")
+
+        with pytest.raises(RuntimeError):
+            rolled_back()
+        assert reader.read(lambda c: c.messages(ROOM, 10)) is second
+
+        _send(cache, "three", "txn1")  # the outbox's transaction
+        third = reader.read(lambda c: c.messages(ROOM, 10))
+        assert [m.body for m in third[0]] == ["uno", "two", "three"]
+        assert cache.commits() >= 3
+    finally:
+        reader.close()
+        cache.close()
+
+
+def test_the_cache_still_checkpoints_its_wal(tmp_path: Path, key: str) -> None:
+    """Counting commits takes SQLite's WAL hook, which replaces its automatic
+    checkpoint: the cache checkpoints as SQLite would, so the WAL stays
+    bounded however long the daemon writes."""
+    cache = Cache.open(tmp_path / "c.db", key, ME)
+    try:
+        assert cache._checkpoint_pages == 1000  # SQLite's default, kept
+        cache._checkpoint_pages = 8  # a small WAL for the test
+        cache._conn.execute("CREATE TABLE filler (x BLOB)")
+        page = cache._conn.execute("PRAGMA page_size").fetchone()[0]
+        cache._conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)  # from an empty WAL
+        for _ in range(60):  # ~3 pages a commit: ~180 without checkpoints
+            cache._conn.execute("INSERT INTO filler VALUES (randomblob(?))", (page,))
+        wal_pages = (tmp_path / "c.db-wal").stat().st_size // page
+        assert wal_pages <= 16
+        assert cache.commits() >= 61
+    finally:
         cache.close()
 
 
@@ -222,8 +289,9 @@ def test_the_readers_kept_answers_are_bounded_in_messages(tmp_path: Path, key: s
         cache.close()
 
 
+@READERS
 def test_a_write_makes_the_answers_last_asked_for_again(
-    tmp_path: Path, key: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, key: str, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
     """run_then_answer: after a call that changed rows, the given answers as
     a fresh read gives them (a room gone is left out); after one that
@@ -231,7 +299,7 @@ def test_a_write_makes_the_answers_last_asked_for_again(
     current until the next commit, and only for keys it still keeps.
     watched(): the most recently asked-for keys, within the window."""
     cache = Cache.open(tmp_path / "c.db", key, ME)
-    reader = CacheReader.open(tmp_path / "c.db", key)
+    reader = _reader(cache, tmp_path / "c.db", key, how)
     fresh = CacheReader.open(tmp_path / "c.db", key, answer_rows=0)
     try:
         cache.apply_sync(_plan("s1", _msg("$1", "one"), _msg("$2", "two")))
