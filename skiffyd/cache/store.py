@@ -627,8 +627,11 @@ class Cache(CacheReads):
         would put SQLite's hook back in place of this one: commits would go
         uncounted and readers would reuse stale answers.)"""
         self._commits += 1
-        if 0 < self._checkpoint_pages <= pages:
-            with suppress(apsw.Error):  # as in SQLite's: a failed one waits for the next
+        # Nothing may raise out of here: the commit has taken place, and apsw
+        # would report it to the statement's caller as failed. A checkpoint
+        # that fails waits for the next commit, as with SQLite's own hook.
+        with suppress(Exception):
+            if 0 < self._checkpoint_pages <= pages:
                 conn.wal_checkpoint(db)
         return apsw.SQLITE_OK
 

@@ -250,6 +250,24 @@ def test_the_cache_still_checkpoints_its_wal(tmp_path: Path, key: str) -> None:
         wal_pages = (tmp_path / "c.db-wal").stat().st_size // page
         assert wal_pages <= 16
         assert cache.commits() >= 61
+
+        class Failing:
+            """A checkpoint that fails (here: deciding on one)."""
+
+            def __le__(self, other: object) -> bool:
+                raise MemoryError
+
+            def __gt__(self, other: object) -> bool:
+                raise MemoryError
+
+        # A failed checkpoint does not make the commit look failed: apsw
+        # would raise from a committed transaction if the hook raised.
+        cache._checkpoint_pages = Failing()  # type: ignore[assignment]
+        before = cache.commits()
+        events = cache.apply_sync(_plan("s1", _msg("$1", "one")))
+        assert [type(e) for e in events] == [RoomUpdated, MessageAdded]
+        assert cache.commits() == before + 1
+        assert [m.body for m in cache.messages(ROOM, 10)[0]] == ["one"]
     finally:
         cache.close()
 
