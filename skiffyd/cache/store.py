@@ -2209,7 +2209,7 @@ class ReaderBusy(Exception):
 
 
 class CacheReader(CacheReads):
-    """Small reads on the daemon's event loop, beside the writer's thread.
+    """Small reads beside the writer's thread (the IPC command thread's, the event loop's).
 
     A second connection to the same file, opened after :meth:`Cache.open`
     (which migrated it) and made read-only (``query_only``). In WAL mode a
