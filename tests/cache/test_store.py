@@ -254,9 +254,6 @@ def test_the_cache_still_checkpoints_its_wal(tmp_path: Path, key: str) -> None:
         class Failing:
             """A checkpoint that fails (here: deciding on one)."""
 
-            def __le__(self, other: object) -> bool:
-                raise MemoryError
-
             def __gt__(self, other: object) -> bool:
                 raise MemoryError
 
